@@ -1,0 +1,55 @@
+"""Metric rows as JSON lines. Every row carries role, wall_time, env_steps, grad_steps and param_version; metric keys
+are namespaced ``"{role}/{name}"``."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any, Mapping
+
+
+class JsonlLogger:
+    """Appends one JSON object per `log` call to `path`, flushed immediately (a crash loses at most one line)."""
+
+    def __init__(self, path: Path, role: str, start_time: float | None = None) -> None:
+        self.path = Path(path)
+        self.role = role
+        self.start_time = time.time() if start_time is None else start_time
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = open(self.path, "a", buffering=1)
+
+    def log(
+        self, metrics: Mapping[str, Any], *, env_steps: int, grad_steps: int, param_version: int, wall_time: float | None = None
+    ) -> dict[str, Any]:
+        row: dict[str, Any] = {
+            "role": self.role,
+            "wall_time": round(time.time() - self.start_time if wall_time is None else wall_time, 3),
+            "env_steps": int(env_steps),
+            "grad_steps": int(grad_steps),
+            "param_version": int(param_version),
+        }
+        for key, value in metrics.items():
+            value = float(value)
+            row[f"{self.role}/{key}"] = value if math.isfinite(value) else None
+        self._file.write(json.dumps(row) + "\n")
+        return row
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def read_jsonl(path: Path) -> tuple[list[dict[str, Any]], int]:
+    """Rows of a JSONL file and the number of unreadable lines (e.g. a line truncated by a crash)."""
+    rows, bad = [], 0
+    with open(path) as f:
+        for line in f:
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                bad += 1
+    return rows, bad
