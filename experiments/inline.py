@@ -28,7 +28,7 @@ from actors.rollout import evaluate, unroll
 from experiments.config import TrainConfig
 from experiments.metrics import JsonlLogger
 from learners.crl import CRLAgent, CRLState, Dims, make_agent
-from learners.relabel import flatten, relabel
+from learners.relabel import flatten, minibatches, relabel
 from replay.memory import MemoryBuffer, MemoryState
 
 
@@ -38,6 +38,8 @@ class TrainerState:
     buffer: MemoryState
     env: TrainingEnvState
     key: jax.Array
+    passive: tuple[CRLState, ...]
+    """States of the passive learners (inline `depthrl run`): they train on the same minibatches, never act."""
     env_steps: jax.Array
     """int32 []: env steps collected so far, all slots together (int32 holds 2.1e9, above the paper's 400M)."""
 
@@ -55,11 +57,14 @@ class InlineTrainer:
     sgd_steps_per_iteration: int
     window_draws: int
     """Window sets sampled per iteration so that K x B transitions are drawn without replacement."""
+    passive_agents: tuple[CRLAgent, ...] = ()
+    """Learners that train on the collector's minibatches and never act (inline mode of `depthrl run`)."""
 
     def init(self, key: jax.Array) -> TrainerState:
         agent_key, env_key, key = jax.random.split(key, 3)
         return TrainerState(
             agent=self.agent.init(agent_key),
+            passive=tuple(a.init(jax.random.fold_in(agent_key, i + 1)) for i, a in enumerate(self.passive_agents)),
             buffer=self.buffer.init(),
             env=self.env.reset(env_key, self.config.schedule.num_envs),
             key=key,
@@ -80,8 +85,9 @@ class InlineTrainer:
         """Collect one iteration of data without learning (prefill)."""
         return self._collect(state)
 
-    def iteration(self, state: TrainerState) -> tuple[TrainerState, dict[str, jax.Array]]:
-        """Collect, then K SGD steps on relabelled windows from the buffer."""
+    def iteration(self, state: TrainerState) -> tuple[TrainerState, tuple[dict[str, jax.Array], ...]]:
+        """Collect, then K SGD steps on relabelled windows from the buffer, for the collector and every passive
+        learner on identical minibatches. Returns metrics per agent, collector first."""
         state = self._collect(state)
         key, sample_key, relabel_key, perm_key, update_key = jax.random.split(state.key, 5)
         spec = self.env.env.spec
@@ -96,21 +102,27 @@ class InlineTrainer:
         )
         pool = jax.vmap(draw)(draw_keys)  # [D, W*E, ...]
         pool = jax.tree_util.tree_map(lambda x: x.reshape((-1,) + x.shape[2:]), pool)
-        k, b = self.sgd_steps_per_iteration, schedule.batch_size
-        order = jax.random.permutation(perm_key, pool.state.shape[0])[: k * b]
-        batches = jax.tree_util.tree_map(lambda x: x[order].reshape((k, b) + x.shape[1:]), pool)
+        batches = minibatches(perm_key, pool, self.sgd_steps_per_iteration, schedule.batch_size)
         agent_state, metrics = self.agent.update_many(state.agent, batches, update_key)
-        return state.replace(agent=agent_state, key=key), metrics
+        passive, passive_metrics = [], []
+        for agent, agent_state_p in zip(self.passive_agents, state.passive):
+            new_state, m = agent.update_many(agent_state_p, batches, update_key)
+            passive.append(new_state)
+            passive_metrics.append(m)
+        return state.replace(agent=agent_state, passive=tuple(passive), key=key), (metrics, *passive_metrics)
 
-    def evaluate(self, agent_state: CRLState, key: jax.Array) -> dict[str, jax.Array]:
-        policy = lambda params, obs, k: self.agent.act(params, obs, k, deterministic=True)
+    def evaluate(self, agent_state: CRLState, key: jax.Array, index: int = 0) -> dict[str, jax.Array]:
+        """Deterministic-policy evaluation of agent `index` (0 = collector, i = passive learner i - 1)."""
+        agent = self.agent if index == 0 else self.passive_agents[index - 1]
+        policy = lambda params, obs, k: agent.act(params, obs, k, deterministic=True)
         return evaluate(
             self.eval_env, policy, agent_state.actor_params, key, self.config.eval.num_eval_envs,
             self.config.episode_length(),
         )
 
 
-def make_trainer(config: TrainConfig) -> InlineTrainer:
+def make_trainer(config: TrainConfig, passive: tuple = ()) -> InlineTrainer:
+    """Build the trainer; `passive` holds CRLConfigs of passive learners (inline `depthrl run`)."""
     config.validate()
     episode_length = config.episode_length()
     env = make_env(config.env.env, episode_length=episode_length)
@@ -131,6 +143,7 @@ def make_trainer(config: TrainConfig) -> InlineTrainer:
         window_steps=window,
         sgd_steps_per_iteration=k,
         window_draws=draws,
+        passive_agents=tuple(make_agent(c, dims) for c in passive),
     )
 
 
@@ -183,16 +196,23 @@ def _restore(manager, abstract_state: TrainerState) -> tuple[TrainerState, float
     return restored["state"], float(restored["meta"]["wall_time"])
 
 
-def run_training(config: TrainConfig, run_dir: Path) -> dict[str, float]:
-    """Train until `total_env_steps`; the run dir must already hold config.json. Returns the last eval metrics."""
-    trainer = make_trainer(config)
+def run_training(
+    config: TrainConfig,
+    run_dir: Path,
+    roles: tuple[str, ...] = ("learner",),
+    eval_roles: tuple[str, ...] = ("evaluator",),
+    passive: tuple = (),
+) -> dict[str, float]:
+    """Train until `total_env_steps`; the run dir must already hold config.json. `roles`/`eval_roles` name the
+    collector and each passive learner (configs in `passive`) in the metrics. Returns the collector's last eval."""
+    trainer = make_trainer(config, passive)
     s, run = config.schedule, config.run
     root_key = jax.random.PRNGKey(run.seed)
 
     init = jax.jit(trainer.init)
     collect = jax.jit(trainer.collect, donate_argnums=0)
     iteration = jax.jit(trainer.iteration, donate_argnums=0)
-    evaluate_fn = jax.jit(trainer.evaluate)
+    evaluate_fn = jax.jit(trainer.evaluate, static_argnums=2)
 
     manager = _checkpointer(run_dir)
     state = init(jax.random.fold_in(root_key, 0))
@@ -202,8 +222,8 @@ def run_training(config: TrainConfig, run_dir: Path) -> dict[str, float]:
         _progress(run, f"resumed from checkpoint at {int(state.env_steps)} env steps")
 
     start = time.time() - wall_offset
-    learner_log = JsonlLogger(run_dir / "metrics" / "learner.jsonl", "learner", start_time=start)
-    eval_log = JsonlLogger(run_dir / "metrics" / "evaluator.jsonl", "evaluator", start_time=start)
+    learner_logs = [JsonlLogger(run_dir / "metrics" / f"{r}.jsonl", r, start_time=start) for r in roles]
+    eval_logs = [JsonlLogger(run_dir / "metrics" / f"{r}.jsonl", r, start_time=start) for r in eval_roles]
     stop = _StopFlag()
     previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     prefill_iterations = math.ceil(s.prefill_steps_per_env / s.unroll_length)
@@ -215,19 +235,27 @@ def run_training(config: TrainConfig, run_dir: Path) -> dict[str, float]:
         next_eval = _next_multiple(int(state.env_steps), config.eval.eval_every_env_steps)
         iter_start, iter_env_steps, iter_grad_steps = time.time(), int(state.env_steps), int(state.agent.grad_steps)
         while int(state.env_steps) < s.total_env_steps and not stop.stop:
-            state, metrics = iteration(state)
+            state, all_metrics = iteration(state)
             env_steps, grad_steps = int(state.env_steps), int(state.agent.grad_steps)
             elapsed = max(time.time() - iter_start, 1e-9)
-            metrics = {
-                **{k: float(v) for k, v in metrics.items()},
+            rates = {
                 "env_steps_per_second": (env_steps - iter_env_steps) / elapsed,
                 "grad_steps_per_second": (grad_steps - iter_grad_steps) / elapsed,
                 "update_to_data": grad_steps / max(env_steps - prefill_iterations * s.env_steps_per_iteration, 1),
+                "policy_lag": 0.0,  # inline: every iteration acts with the newest params
             }
             iter_start, iter_env_steps, iter_grad_steps = time.time(), env_steps, grad_steps
-            learner_log.log(metrics, env_steps=env_steps, grad_steps=grad_steps, param_version=grad_steps)
+            for log, metrics in zip(learner_logs, all_metrics):
+                metrics = {**{k: float(v) for k, v in metrics.items()}, **rates}
+                log.log(metrics, env_steps=env_steps, grad_steps=grad_steps, param_version=grad_steps)
             if env_steps >= next_eval or env_steps >= s.total_env_steps:
-                last_eval = _evaluate_and_log(evaluate_fn, state, root_key, eval_log, run, metrics)
+                collector_metrics = {**{k: float(v) for k, v in all_metrics[0].items()}, **rates}
+                agent_states = (state.agent, *state.passive)
+                for index, (log, agent_state) in enumerate(zip(eval_logs, agent_states)):
+                    result = _evaluate_and_log(evaluate_fn, agent_state, index, env_steps, root_key, log, run,
+                                               collector_metrics)
+                    if index == 0:
+                        last_eval = result
                 next_eval = _next_multiple(env_steps, config.eval.eval_every_env_steps)
             if time.time() - last_checkpoint > run.checkpoint_every_seconds:
                 _save(manager, state, time.time() - start)
@@ -239,8 +267,8 @@ def run_training(config: TrainConfig, run_dir: Path) -> dict[str, float]:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-        learner_log.close()
-        eval_log.close()
+        for log in learner_logs + eval_logs:
+            log.close()
         manager.close()
     if stop.stop:
         raise KeyboardInterrupt
@@ -251,14 +279,14 @@ def _next_multiple(value: int, every: int) -> int:
     return (value // every + 1) * every
 
 
-def _evaluate_and_log(evaluate_fn, state: TrainerState, root_key, log: JsonlLogger, run, train_metrics) -> dict:
-    env_steps, grad_steps = int(state.env_steps), int(state.agent.grad_steps)
+def _evaluate_and_log(evaluate_fn, agent_state, index, env_steps, root_key, log: JsonlLogger, run, train_metrics):
+    grad_steps = int(agent_state.grad_steps)
     key = jax.random.fold_in(jax.random.fold_in(root_key, 1), env_steps)
-    metrics = {k: float(v) for k, v in evaluate_fn(state.agent, key).items()}
+    metrics = {k: float(v) for k, v in evaluate_fn(agent_state, key, index).items()}
     log.log(metrics, env_steps=env_steps, grad_steps=grad_steps, param_version=grad_steps)
     _progress(
         run,
-        f"[{time.time() - log.start_time:7.1f}s] env_steps {env_steps:>9,} grad_steps {grad_steps:>7,} | "
+        f"[{time.time() - log.start_time:7.1f}s] {log.role:<16} env_steps {env_steps:>9,} grad_steps {grad_steps:>7,} | "
         f"time_at_goal {metrics['time_at_goal']:6.1f} success_any {metrics['success_any']:.2f} "
         f"final_dist {metrics['final_dist']:.2f} | {train_metrics['env_steps_per_second']:,.0f} env-steps/s "
         f"{train_metrics['grad_steps_per_second']:.1f} sgd/s | critic_acc {train_metrics['critic_accuracy']:.2f} "

@@ -66,3 +66,10 @@ def relabel(
 def flatten(batch: Batch) -> Batch:
     """``[T, E, ...] -> [T*E, ...]``."""
     return jax.tree_util.tree_map(lambda x: x.reshape((-1,) + x.shape[2:]), batch)
+
+
+def minibatches(key: jax.Array, pool: Batch, num_batches: int, batch_size: int) -> Batch:
+    """Shuffle a flat pool ``[M, ...]`` and cut ``num_batches x batch_size`` transitions without replacement
+    into ``[K, B, ...]``. Requires M >= K·B (callers size their pools for it)."""
+    order = jax.random.permutation(key, pool.state.shape[0])[: num_batches * batch_size]
+    return jax.tree_util.tree_map(lambda x: x[order].reshape((num_batches, batch_size) + x.shape[1:]), pool)
