@@ -11,8 +11,16 @@ from typing import Callable
 USAGE = """usage: depthrl <command> [options]
 
 commands:
-  train   single-process CRL trainer (the reference; `--inline` mode of the framework)
-  envs    list registered environments
+  train      single-process CRL trainer (the reference for the decoupled runtime)
+  run        decoupled run: replay server, collector + passive learners, evaluators, actors as processes
+  resume     continue a stopped `run` from its checkpoints: depthrl resume RUN_DIR
+  envs       list registered environments
+
+roles of a run (started by `run`; also by hand, e.g. on other hosts):
+  replay     --run-dir D --port P
+  learner    --run-dir D --replay HOST:PORT --learners collector[,learner_d4]
+  actor      --run-dir D --replay HOST:PORT --actor-id I
+  evaluator  --run-dir D --replay HOST:PORT --learner NAME
 
 `depthrl <command> --help` shows a command's options."""
 
@@ -36,13 +44,19 @@ def cmd_train(argv: list[str]) -> int:
     config = tyro.cli(TrainConfig, args=argv, prog="depthrl train", config=(tyro.conf.OmitArgPrefixes,))
     run = config.run
     try:
+        # Checked before the resume branch, which replaces `run` by the recorded one and would drop --overwrite.
+        if run.resume and run.overwrite:
+            raise ConfigError("--resume and --overwrite exclude each other")
         if run.resume:
             if run.run_dir is None:
                 raise RunDirError("--resume needs --run-dir")
             check_run_dir(run.run_dir, resume=True, overwrite=False)
             stored = read_config(run.run_dir, "train", TrainConfig)
             # The recorded config wins; only the run-control flags of this invocation apply.
-            config = dataclasses.replace(stored, run=dataclasses.replace(stored.run, resume=True, quiet=run.quiet))
+            # overwrite=False: a run started with --overwrite recorded overwrite=True, which must not block resuming.
+            config = dataclasses.replace(
+                stored, run=dataclasses.replace(stored.run, resume=True, overwrite=False, quiet=run.quiet)
+            )
             config.validate()
             run_dir = run.run_dir
         else:
@@ -89,7 +103,180 @@ def cmd_envs(argv: list[str]) -> int:
     return 0
 
 
-COMMANDS: dict[str, Callable[[list[str]], int]] = {"train": cmd_train, "envs": cmd_envs}
+def _split_commas(argv: list[str], flags: tuple[str, ...]) -> list[str]:
+    """Accept `--learner-depths 16,4` as well as tyro's `--learner-depths 16 4`."""
+    out: list[str] = []
+    expect = False
+    for arg in argv:
+        if expect and "," in arg and not arg.startswith("-"):
+            out.extend(part for part in arg.split(",") if part)
+        else:
+            out.append(arg)
+        expect = arg in flags
+    return out
+
+
+def cmd_run(argv: list[str]) -> int:
+    import tyro
+
+    from experiments.config import COLLECTOR, DecoupledConfig, learner_name
+    from experiments.runs import RunDirError, check_run_dir, default_run_dir, prepare_run_dir, write_config
+    from learners.networks import ConfigError
+
+    argv = _split_commas(argv, ("--learner-depths",))
+    config = tyro.cli(DecoupledConfig, args=argv, prog="depthrl run", config=(tyro.conf.OmitArgPrefixes,))
+    run = config.run
+    try:
+        if run.resume:
+            raise RunDirError("use `depthrl resume RUN_DIR` to continue a decoupled run")
+        config.validate()
+        run_dir = run.run_dir or default_run_dir(
+            config.env.env, config.runtime.collector_depth, config.runtime.collector_depth, run.seed
+        )
+        check_run_dir(run_dir, resume=False, overwrite=run.overwrite)
+        _check_port(config)
+    except (ConfigError, RunDirError) as e:
+        return _fail(str(e))
+    prepare_run_dir(run_dir, overwrite=run.overwrite)
+    config = dataclasses.replace(config, run=dataclasses.replace(run, run_dir=run_dir))
+    write_config(run_dir, "run", config)
+    print(f"depthrl run: run dir {run_dir}", file=sys.stderr)
+    return _launch(config, Path(run_dir))
+
+
+def _check_port(config) -> None:
+    from experiments.launcher import port_is_free
+    from learners.networks import ConfigError
+
+    port = config.runtime.replay_port
+    if config.runtime.replay_address is None and not config.runtime.inline and port and not port_is_free(port):
+        raise ConfigError(f"replay_port {port} is already in use; pick another or pass 0 for a free one")
+
+
+def _launch(config, run_dir: Path) -> int:
+    from experiments.config import COLLECTOR
+
+    if config.runtime.inline:
+        from experiments.inline import run_training
+
+        names = config.runtime.learner_names()
+        try:
+            run_training(config.as_train_config(), run_dir, roles=names,
+                         eval_roles=tuple(f"eval_{n}" for n in names),
+                         passive=tuple(config.agent_config(n) for n in names[1:]))
+        except KeyboardInterrupt:
+            return 130
+        return 0
+    from experiments.launcher import build_roles, pick_free_port, supervise
+
+    if config.runtime.replay_address is not None:
+        address, port = config.runtime.replay_address, None
+        print(f"depthrl run: using replay server {address}; Reverb has no authentication, keep it on a private "
+              "network", file=sys.stderr)
+    else:
+        port = config.runtime.replay_port or pick_free_port()
+        address = f"127.0.0.1:{port}"
+    return supervise(config, run_dir, build_roles(config, run_dir, address, port), quiet=config.run.quiet)
+
+
+def cmd_resume(argv: list[str]) -> int:
+    import argparse
+
+    from experiments.roles import load_run_config
+    from experiments.runs import RunDirError, check_run_dir
+    from learners.networks import ConfigError
+
+    parser = argparse.ArgumentParser(prog="depthrl resume", description="Continue a stopped decoupled run.")
+    parser.add_argument("run_dir", type=Path)
+    args = parser.parse_args(argv)
+    try:
+        check_run_dir(args.run_dir, resume=True, overwrite=False)
+        config = load_run_config(args.run_dir)
+        config.validate()
+        _check_port(config)
+    except (ConfigError, RunDirError) as e:
+        return _fail(str(e))
+    return _launch(config, args.run_dir)
+
+
+def _role_parser(prog: str):
+    import argparse
+
+    parser = argparse.ArgumentParser(prog=f"depthrl {prog}")
+    parser.add_argument("--run-dir", type=Path, required=True, help="run directory holding config.json")
+    return parser
+
+
+def _load_role_dir(run_dir: Path) -> int:
+    from experiments.runs import RunDirError, check_run_dir
+
+    try:
+        check_run_dir(run_dir, resume=True, overwrite=False)
+    except RunDirError as e:
+        return _fail(str(e))
+    return 0
+
+
+def cmd_replay(argv: list[str]) -> int:
+    parser = _role_parser("replay")
+    parser.add_argument("--port", type=int, required=True)
+    args = parser.parse_args(argv)
+    if _load_role_dir(args.run_dir):
+        return 2
+    from experiments.launcher import port_is_free
+    from experiments.roles import run_replay
+
+    if not port_is_free(args.port):
+        return _fail(f"port {args.port} is already in use")
+    return run_replay(args.run_dir, args.port)
+
+
+def cmd_learner(argv: list[str]) -> int:
+    parser = _role_parser("learner")
+    parser.add_argument("--replay", required=True, help="HOST:PORT of the replay server")
+    parser.add_argument("--learners", required=True, help="comma-separated learner names, e.g. collector")
+    args = parser.parse_args(argv)
+    if _load_role_dir(args.run_dir):
+        return 2
+    from experiments.roles import run_learner_role
+
+    return run_learner_role(args.run_dir, args.replay, tuple(n for n in args.learners.split(",") if n))
+
+
+def cmd_actor(argv: list[str]) -> int:
+    parser = _role_parser("actor")
+    parser.add_argument("--replay", required=True, help="HOST:PORT of the replay server")
+    parser.add_argument("--actor-id", type=int, required=True)
+    args = parser.parse_args(argv)
+    if _load_role_dir(args.run_dir):
+        return 2
+    from experiments.roles import run_actor_role
+
+    return run_actor_role(args.run_dir, args.replay, args.actor_id)
+
+
+def cmd_evaluator(argv: list[str]) -> int:
+    parser = _role_parser("evaluator")
+    parser.add_argument("--replay", required=True, help="HOST:PORT of the replay server")
+    parser.add_argument("--learner", required=True, help="learner name, e.g. collector or learner_d4")
+    args = parser.parse_args(argv)
+    if _load_role_dir(args.run_dir):
+        return 2
+    from experiments.roles import run_evaluator_role
+
+    return run_evaluator_role(args.run_dir, args.replay, args.learner)
+
+
+COMMANDS: dict[str, Callable[[list[str]], int]] = {
+    "train": cmd_train,
+    "run": cmd_run,
+    "resume": cmd_resume,
+    "envs": cmd_envs,
+    "replay": cmd_replay,
+    "learner": cmd_learner,
+    "actor": cmd_actor,
+    "evaluator": cmd_evaluator,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,7 +10,9 @@ from __future__ import annotations
 import dataclasses
 import math
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Annotated, Literal, Optional
+
+import tyro
 
 from actors.envs.registry import UnknownEnvError, env_names, get_entry
 from learners.crl import CRLConfig
@@ -54,7 +56,7 @@ class ScheduleConfig:
     """Steps per slot collected with the untrained policy before learning starts (paper: 1,000)."""
     window_steps: Optional[int] = None
     """Length of the windows sampled per slot for relabelling; None uses the episode length (paper: 1000)."""
-    total_env_steps: int = 600_000
+    total_env_steps: Annotated[int, tyro.conf.arg(aliases=("--env-steps",))] = 600_000
     """Stop after this many env steps (all slots together)."""
     goal_discount: float = 0.99
     """γ of the geometric future-goal sampling in relabelling."""
@@ -122,13 +124,13 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Raise ConfigError naming the field and the allowed values; nothing has been started or written yet."""
-        for name in (self.env.env, self.env.eval_env):
+        for field, name in (("env", self.env.env), ("eval_env", self.env.eval_env)):
             if name is None:
                 continue
             try:
                 get_entry(name)
             except UnknownEnvError as e:
-                raise ConfigError(f"env: {e}") from None
+                raise ConfigError(f"{field}: {e}") from None
         if self.env.episode_length is not None and self.env.episode_length <= 0:
             raise ConfigError(f"episode_length must be positive, got {self.env.episode_length}")
         if self.env.reset_mode not in ("fixed_per_slot", "resample"):
@@ -184,3 +186,123 @@ class TrainConfig:
 
 def known_envs_message() -> str:
     return ", ".join(env_names())
+
+
+# --- the decoupled runtime (`depthrl run`) ---------------------------------------------------------------------------
+
+COLLECTOR = "collector"
+
+
+def learner_name(depth: int) -> str:
+    """Role name of the passive learner of a given depth (actor and critic)."""
+    return f"learner_d{depth}"
+
+
+@dataclasses.dataclass(frozen=True)
+class RuntimeConfig:
+    """Processes, transport and pacing of a decoupled run."""
+
+    collector_depth: int = 4
+    """Actor and critic depth of the collector learner, whose policy drives the actors."""
+    learner_depths: tuple[int, ...] = (4,)
+    """Depths of the passive learners (actor and critic), e.g. 16,4. They only train from replay, never act."""
+    actors: int = 1
+    """Actor processes; num_envs is split evenly between them."""
+    sampling_mode: Literal["independent", "shared-batch"] = "independent"
+    """'independent': one process and one Reverb table (own update-to-data limiter) per learner, each sampling at its
+    own pace. 'shared-batch': every learner lives in one process and trains on identical minibatches (lower-variance
+    comparison)."""
+    slow_learner_policy: Literal["throttle_actors", "fall_behind"] = "throttle_actors"
+    """What a learner that cannot keep up does. 'throttle_actors': every table bounds inserts, so the slowest learner
+    sets the collection pace and every learner keeps its update-to-data ratio (what an ablation needs).
+    'fall_behind': only the collector's table bounds inserts; a slow passive learner trains on fewer SGD steps per env
+    step (its measured update_to_data shows it)."""
+    inline: bool = False
+    """Run the collector and all learners in one process on identical minibatches (debugging; no Reverb)."""
+    replay_port: int = 0
+    """Reverb port; 0 picks a free one."""
+    replay_address: Optional[str] = None
+    """Use an already running replay server (host:port) instead of starting one (multi-host)."""
+    param_publish_every_grad_steps: int = 50
+    """A learner publishes its params after at least this many SGD steps."""
+    replay_checkpoint_every_seconds: float = 300.0
+    """Reverb checkpoint period (also on shutdown)."""
+    rpc_timeout_seconds: float = 60.0
+    """Bound on every blocking replay call (sample, flush, param fetch); a role that waits longer reports the stall
+    and retries instead of hanging silently."""
+    max_restarts: int = 3
+    """Times the launcher restarts a crashed role before stopping the run."""
+    devices: Optional[str] = None
+    """Device placement per role, e.g. 'learner_d16=0,collector=1,*=cpu'; sets CUDA_VISIBLE_DEVICES per process.
+    None leaves every role on the default device (CPU here)."""
+    gpu_memory_fraction: Optional[float] = None
+    """XLA_PYTHON_CLIENT_MEM_FRACTION for each role when several share a GPU."""
+
+    def learner_names(self) -> tuple[str, ...]:
+        return (COLLECTOR,) + tuple(learner_name(d) for d in self.learner_depths)
+
+    def depth_of(self, name: str) -> int:
+        if name == COLLECTOR:
+            return self.collector_depth
+        return int(name.removeprefix("learner_d"))
+
+
+@dataclasses.dataclass(frozen=True)
+class DecoupledConfig:
+    """`depthrl run`: one collector (actors + collector learner) and any number of passive learners on one buffer."""
+
+    env: EnvConfig = EnvConfig()
+    agent: CRLConfig = CRLConfig()
+    """Shared learner hyperparameters; the depths come from runtime.collector_depth / runtime.learner_depths."""
+    schedule: ScheduleConfig = ScheduleConfig()
+    eval: EvalConfig = EvalConfig()
+    run: RunConfig = RunConfig()
+    runtime: RuntimeConfig = RuntimeConfig()
+
+    def agent_config(self, name: str) -> CRLConfig:
+        depth = self.runtime.depth_of(name)
+        return dataclasses.replace(self.agent, actor_depth=depth, critic_depth=depth)
+
+    def as_train_config(self) -> TrainConfig:
+        """The single-process config with the collector's depth (the reference this run must match)."""
+        return TrainConfig(
+            env=self.env, agent=self.agent_config(COLLECTOR), schedule=self.schedule, eval=self.eval, run=self.run
+        )
+
+    def envs_per_actor(self) -> int:
+        return self.schedule.num_envs // self.runtime.actors
+
+    def validate(self) -> None:
+        r = self.runtime
+        for name, depth in [("collector_depth", r.collector_depth)] + [("learner_depths", d) for d in r.learner_depths]:
+            if depth < 4 or depth % 4:
+                raise ConfigError(f"{name} must hold positive multiples of 4 (4, 8, ..., 1024), got {depth}")
+        if (self.agent.actor_depth, self.agent.critic_depth) != (CRLConfig.actor_depth, CRLConfig.critic_depth):
+            raise ConfigError("actor_depth/critic_depth are set per role in a run: use --collector-depth and "
+                              "--learner-depths")
+        if not r.learner_depths:
+            raise ConfigError("learner_depths must name at least one passive learner depth, e.g. --learner-depths 16,4")
+        if len(set(r.learner_depths)) != len(r.learner_depths):
+            raise ConfigError(f"learner_depths must not repeat a depth, got {list(r.learner_depths)}")
+        if r.actors <= 0:
+            raise ConfigError(f"actors must be a positive integer, got {r.actors}")
+        if self.schedule.num_envs % r.actors:
+            raise ConfigError(f"num_envs ({self.schedule.num_envs}) must be divisible by actors ({r.actors})")
+        if r.sampling_mode not in ("independent", "shared-batch"):
+            raise ConfigError(f"sampling_mode must be 'independent' or 'shared-batch', got {r.sampling_mode!r}")
+        if r.slow_learner_policy not in ("throttle_actors", "fall_behind"):
+            raise ConfigError(
+                f"slow_learner_policy must be 'throttle_actors' or 'fall_behind', got {r.slow_learner_policy!r}"
+            )
+        if not 0 <= r.replay_port <= 65535:
+            raise ConfigError(f"replay_port must be in 0..65535, got {r.replay_port}")
+        for name in ("param_publish_every_grad_steps", "replay_checkpoint_every_seconds", "rpc_timeout_seconds"):
+            if getattr(r, name) <= 0:
+                raise ConfigError(f"{name} must be positive, got {getattr(r, name)}")
+        if r.max_restarts < 0:
+            raise ConfigError(f"max_restarts must be >= 0, got {r.max_restarts}")
+        if r.gpu_memory_fraction is not None and not 0 < r.gpu_memory_fraction <= 1:
+            raise ConfigError(f"gpu_memory_fraction must be in (0, 1], got {r.gpu_memory_fraction}")
+        self.as_train_config().validate()
+        for name in r.learner_names():
+            self.agent_config(name).validate(name)

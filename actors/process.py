@@ -1,0 +1,168 @@
+"""Actor and evaluator process loops: thin shells around the pure rollout and evaluation.
+
+Actor: pull the collector's latest params (versioned, fingerprint-checked) -> roll out one window of T steps in its E
+env slots with the stochastic policy -> write E windows (one replay item each) -> log. The transport is passed in as
+callables, so this module never imports Reverb.
+
+Evaluator: an actor that never writes: it polls one learner's params and runs the deterministic policy on fresh eval
+envs whenever a new version appears; it exits after evaluating the learner's final params.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from actors.envs.registry import make_env
+from actors.envs.wrappers import TrainingEnv
+from actors.rollout import evaluate, unroll
+from experiments.config import COLLECTOR, DecoupledConfig
+from experiments.metrics import JsonlLogger
+from learners.crl import Dims, make_agent
+from replay.schema import Window
+
+# latest(role) -> (version, params, meta) or None when nothing newer than `known_version` is there yet.
+LatestParams = Callable[[str, Any, int], "tuple[int, Any, dict] | None"]
+
+
+def _agent_for(config: DecoupledConfig, name: str, env):
+    spec = env.spec
+    return make_agent(config.agent_config(name), Dims(spec.state_dim, spec.goal_dim, env.action_size))
+
+
+def run_actor(
+    config: DecoupledConfig,
+    run_dir: Path,
+    actor_id: int,
+    write: Callable[[Window], float],
+    latest: LatestParams,
+    stop_event: threading.Event,
+) -> int:
+    """Collect until this actor's share of the env-step budget. `write(window [E, T])` returns seconds spent blocked
+    by replay rate limiting. Returns the env steps collected."""
+    train_cfg = config.as_train_config()
+    episode_length = train_cfg.episode_length()
+    env = make_env(config.env.env, episode_length=episode_length)
+    agent = _agent_for(config, COLLECTOR, env)
+    training_env = TrainingEnv(env, episode_length, config.env.reset_mode)
+    num_envs = config.envs_per_actor()
+    window_steps = train_cfg.window_steps()
+    budget = config.schedule.total_env_steps // config.runtime.actors
+    role = f"actor_{actor_id}"
+    log = JsonlLogger(run_dir / "metrics" / f"{role}.jsonl", role)
+
+    root = jax.random.fold_in(jax.random.PRNGKey(config.run.seed), 2000 + actor_id)
+    # Resuming actors start fresh episodes; their env-step counter continues from what they already wrote.
+    env_steps = _previous_env_steps(run_dir / "metrics" / f"{role}.jsonl")
+    key = jax.random.fold_in(root, env_steps)
+    env_state = jax.jit(training_env.reset, static_argnums=1)(jax.random.fold_in(key, 0), num_envs)
+    template = agent.init(jax.random.PRNGKey(0)).actor_params
+
+    @jax.jit
+    def collect(params, state, key):
+        state, traj = unroll(training_env, agent.act, params, state, key, window_steps)
+        return state, traj
+
+    fetched = None
+    while fetched is None and not stop_event.is_set():
+        fetched = latest(COLLECTOR, template, -1)
+    if fetched is None:
+        return env_steps
+    version, params, _ = fetched
+    rate_start, rate_steps, blocked = time.time(), env_steps, 0.0
+    versions_seen = {version}
+    i = 0
+    while env_steps < budget and not stop_event.is_set():
+        env_state, traj = collect(params, env_state, jax.random.fold_in(key, i + 1))
+        i += 1
+        env_steps += num_envs * window_steps
+        window = Window(
+            obs=np.asarray(jnp.swapaxes(traj.obs, 0, 1)),
+            action=np.asarray(jnp.swapaxes(traj.action, 0, 1)),
+            traj_id=np.asarray(jnp.swapaxes(traj.traj_id, 0, 1)),
+            actor_id=np.full((num_envs,), actor_id, np.int32),
+            param_version=np.full((num_envs,), version, np.int64),
+            env_steps=np.full((num_envs,), env_steps, np.int64),
+        )
+        blocked += write(window)
+        newer = latest(COLLECTOR, template, version)
+        if newer is not None:
+            version, params, _ = newer
+            versions_seen.add(version)
+        elapsed = max(time.time() - rate_start, 1e-9)
+        log.log(
+            {
+                "env_steps_per_second": (env_steps - rate_steps) / elapsed,
+                "blocked_seconds": blocked,
+                "success_rate": float(jnp.mean(traj.success)),
+                "distinct_param_versions": len(versions_seen),
+            },
+            env_steps=env_steps, grad_steps=version, param_version=version,
+        )
+        rate_start, rate_steps, blocked = time.time(), env_steps, 0.0
+    log.close()
+    return env_steps
+
+
+def _previous_env_steps(path: Path) -> int:
+    from experiments.metrics import read_jsonl
+
+    if not path.exists():
+        return 0
+    rows, _ = read_jsonl(path)
+    return max((int(r["env_steps"]) for r in rows), default=0)
+
+
+def run_evaluator(
+    config: DecoupledConfig,
+    run_dir: Path,
+    learner: str,
+    latest: LatestParams,
+    stop_event: threading.Event,
+    poll_seconds: float = 0.5,
+) -> int:
+    """Evaluate each new params version of `learner` until its final params have been evaluated (or a stop).
+    Returns the number of evaluations."""
+    train_cfg = config.as_train_config()
+    episode_length = train_cfg.episode_length()
+    eval_env = make_env(config.env.eval_env or config.env.env, episode_length=episode_length)
+    agent = _agent_for(config, learner, eval_env)
+    template = agent.init(jax.random.PRNGKey(0)).actor_params
+    role = f"eval_{learner}"
+    log = JsonlLogger(run_dir / "metrics" / f"{role}.jsonl", role)
+    policy = lambda params, obs, k: agent.act(params, obs, k, deterministic=True)
+    run_eval = jax.jit(lambda params, key: evaluate(eval_env, policy, params, key, config.eval.num_eval_envs,
+                                                    episode_length))
+    root = jax.random.fold_in(jax.random.PRNGKey(config.run.seed), 3000)
+    from learners.process import plan_for
+
+    # The learner's last periodic publish may carry the same version as its final one, so the target grad step,
+    # not only the `final` flag, marks the params to evaluate last.
+    target_grad_steps = plan_for(config).target_grad_steps
+    version, last_eval_env_steps, evaluations = -1, -(10**12), 0
+    while not stop_event.is_set():
+        fetched = latest(learner, template, version)
+        if fetched is None:
+            time.sleep(poll_seconds)
+            continue
+        version, params, meta = fetched
+        env_steps = int(meta.get("env_steps", 0))
+        final = bool(meta.get("final", False)) or version >= target_grad_steps
+        if not final and env_steps - last_eval_env_steps < config.eval.eval_every_env_steps:
+            continue
+        metrics = {k: float(v) for k, v in run_eval(params, jax.random.fold_in(root, env_steps)).items()}
+        log.log(metrics, env_steps=env_steps, grad_steps=version, param_version=version)
+        last_eval_env_steps, evaluations = env_steps, evaluations + 1
+        print(f"[{role}] env_steps {env_steps:,} version {version} time_at_goal {metrics['time_at_goal']:.1f}",
+              file=sys.stderr, flush=True)
+        if final:
+            break
+    log.close()
+    return evaluations
