@@ -11,8 +11,6 @@ critic. Three Adam optimisers (actor, critic = both encoders, log α), no clippi
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 from typing import Any, Literal, NamedTuple
 
 import flax.struct
@@ -23,6 +21,7 @@ import optax
 from learners import losses
 from learners.networks import Actor, ConfigError, Critic, NetworkConfig
 from learners.relabel import Batch
+from replay.params import fingerprint
 
 Params = Any
 
@@ -83,12 +82,13 @@ class CRLConfig:
         return self.network(self.critic_depth)
 
     def validate(self, field: str = "agent") -> None:
-        self.actor_network.validate(f"{field}.actor_depth/width/...")
-        self.critic_network.validate(f"{field}.critic_depth/width/...")
+        # Depths first: NetworkConfig.validate would otherwise report them as "<field>.actor_depth/width/....depth".
         for name in ("actor_depth", "critic_depth"):
             depth = getattr(self, name)
             if depth < 4 or depth % 4:
                 raise ConfigError(f"{field}.{name} must be a positive multiple of 4 (4, 8, ..., 1024), got {depth}")
+        self.actor_network.validate(f"{field}.actor_depth/width/...")
+        self.critic_network.validate(f"{field}.critic_depth/width/...")
         for name in ("repr_dim", "actor_lr", "critic_lr", "alpha_lr"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{field}.{name} must be positive, got {getattr(self, name)}")
@@ -153,16 +153,14 @@ class CRLAgent:
 
     def fingerprint(self) -> str:
         """Stable hash of everything that determines the parameter layout; params with another one are refused."""
-        payload = json.dumps(
+        return fingerprint(
             {
                 "actor": dataclasses.asdict(self.config.actor_network),
                 "critic": dataclasses.asdict(self.config.critic_network),
                 "repr_dim": self.config.repr_dim,
                 "dims": dataclasses.asdict(self.dims),
-            },
-            sort_keys=True,
+            }
         )
-        return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
     # --- parameters -----------------------------------------------------------------------------------------
     def init(self, key: jax.Array) -> CRLState:

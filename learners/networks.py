@@ -13,6 +13,13 @@ Compile time must not grow with depth, so the blocks are, by default, a `flax.li
 parameters are stacked along a leading `[n_blocks, ...]` axis: XLA compiles the block once. `block_impl="unrolled"`
 builds the same network as a Python loop (one HLO copy per block) for comparison; `bench/depth_scaling.py` measures
 both. Parameters of the two implementations have different tree layouts but identical maths.
+
+Every block is wrapped in a gradient checkpoint that keeps only its four Dense (matmul) outputs for the backward
+pass and recomputes LayerNorm and the activation from them. Without it a scanned block stacks ~7 [B, width]
+residuals per Dense layer across the loop boundary (dynamic-update-slice in the forward loop, dynamic-slice in the
+backward loop); that memory traffic made the scan 1.3x slower per step than the unrolled network on XLA:CPU, where
+the unrolled graph gets the same recomputation for free by fusing the forward elementwise ops into the backward.
+With the checkpoint the scan is as fast as the unrolled network (docs/benchmarks.md, "Depth scaling").
 """
 
 from __future__ import annotations
@@ -54,9 +61,11 @@ class NetworkConfig:
     a Python loop of blocks (compile time linear in depth)."""
     scan_unroll: int = 1
     """Blocks per scan iteration when block_impl='scan' (lax.scan's `unroll`); larger trades compile time for
-    fewer loop iterations."""
+    fewer loop iterations. 1 is as fast as 2..8 on CPU (bench/depth_scaling.py) and compiles fastest."""
     remat: bool = False
-    """Recompute block activations in the backward pass (less memory, more compute); for very deep nets on GPU."""
+    """False: the backward pass keeps each block's 4 Dense outputs and recomputes LayerNorm and activation (fastest
+    measured). True: it keeps only each block's input and recomputes the whole block (least memory, ~1/5 of the
+    activation memory, at ~5-10% more step time); for very deep nets on a memory-bound GPU."""
 
     def validate(self, field: str = "network") -> None:
         if self.depth < 4 or self.depth % 4:
@@ -117,7 +126,12 @@ class ResidualTrunk(nn.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         c = self.config
         h = _DenseUnit(c.width, c.activation, c.layer_norm, name="input")(x)
-        block_cls = nn.remat(_Block) if c.remat else _Block
+        # Why a checkpoint even without `remat`: see the module docstring. dots_saveable keeps the matmul outputs
+        # (the expensive part) and recomputes the cheap elementwise LayerNorm/activation inside the backward loop.
+        policy = jax.checkpoint_policies.nothing_saveable if c.remat else jax.checkpoint_policies.dots_saveable
+        # Inside a scan the loop boundary already stops XLA from merging recomputation with the forward pass, so
+        # the CSE barriers are not needed there (and cost fusion); an unrolled graph needs them.
+        block_cls = nn.remat(_Block, policy=policy, prevent_cse=c.block_impl != "scan")
         if c.block_impl == "scan":
             blocks = nn.scan(
                 block_cls,

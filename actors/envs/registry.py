@@ -61,3 +61,54 @@ def make_env(name: str, **overrides: Any) -> GoalEnv:
 
 # --- the registry itself -------------------------------------------------------------------------------------
 # Families add their rows here (one `register` call per env).
+
+# Point mass in a maze (actors/envs/point_maze.py): 2-D kinematic point, obs [x, y, gx, gy], CPU-cheap.
+_POINT_TARGET = "actors.envs.point_maze:PointMaze"
+for _name, _layout, _description in (
+    ("point_arena", "arena", "point mass in an open 5x5 room, start in the middle, goal anywhere else"),
+    ("point_u_maze", "u_maze", "point mass, U-maze (3x3 inner), goals along the U"),
+    ("point_u_maze_eval", "u_maze_eval", "point mass, U-maze eval: goals only on the far arm of the U"),
+    ("point_u4_maze", "u4_maze", "point mass, U4-maze, goals along the corridor"),
+    ("point_u4_maze_eval", "u4_maze_eval", "point mass, U4-maze eval: goals on the far side, must loop around"),
+    ("point_big_maze", "big_maze", "point mass, big maze (6x6 inner), goals in most free cells"),
+    ("point_big_maze_eval", "big_maze_eval", "point mass, big maze eval: 9 goal cells, none next to the start"),
+    ("point_hardest_maze", "hardest_maze", "point mass, hardest maze (7x10 inner), goals in most free cells"),
+):
+    register(EnvEntry(_name, "point", _POINT_TARGET, (("layout", _layout),), _description))
+del _name, _layout, _description
+
+register(
+    EnvEntry(
+        name="reacher",
+        family="reacher",
+        target="actors.envs.reacher:Reacher",
+        description="Brax 2-link planar arm; fingertip to a target within 0.2 m; success < 0.05 m; 1001 steps.",
+    )
+)
+
+# Ant (actors/envs/ant.py): brax Ant on `spring`, obs 31 = [29-dim state, goal xy]; mazes use 4 m cells, 2 m walls.
+for _name, _maze, _description in (
+    ("ant", None, "brax Ant, goal 10 m away at a uniform angle; success < 0.5 m (xy)"),
+    ("ant_u_maze", "u_maze", "Ant, U-maze, goals along the U"),
+    ("ant_u_maze_eval", "u_maze_eval", "Ant, U-maze eval: goals only on the far arm of the U"),
+    ("ant_u4_maze", "u4_maze", "Ant, U4-maze (paper task), goals along the corridor"),
+    ("ant_u4_maze_eval", "u4_maze_eval", "Ant, U4-maze eval: goals on the far side, must loop around"),
+    ("ant_u5_maze", "u5_maze", "Ant, U5-maze (paper task), goals along the corridor"),
+    ("ant_u5_maze_eval", "u5_maze_eval", "Ant, U5-maze eval: goals on the far side"),
+    ("ant_big_maze", "big_maze", "Ant, big maze (paper task), goals in most free cells"),
+    ("ant_big_maze_eval", "big_maze_eval", "Ant, big maze eval (the paper's eval pairing for ant_big_maze)"),
+    ("ant_hardest_maze", "hardest_maze", "Ant, hardest maze (paper task), goals in most free cells"),
+):
+    register(EnvEntry(_name, "ant", "actors.envs.ant:make_ant", (("maze", _maze),), _description))
+
+# Humanoid (actors/envs/humanoid.py): brax Humanoid on `spring`, obs 271 = [268-dim state, goal xyz with z = 1.25];
+# mazes use 2 m cells and 1 m walls.
+for _name, _maze, _description in (
+    ("humanoid", None, "brax Humanoid, goal 1-5 m away; success < 0.5 m (3-D, goal z 1.25)"),
+    ("humanoid_u_maze", "u_maze", "Humanoid, U-maze (paper task), goals along the U"),
+    ("humanoid_u_maze_eval", "u_maze_eval", "Humanoid, U-maze eval: goals only on the far arm of the U"),
+    ("humanoid_big_maze", "big_maze", "Humanoid, big maze (paper task), goals in most free cells"),
+    ("humanoid_big_maze_eval", "humanoid_big_maze_eval", "Humanoid, big maze eval (humanoid's own eval goals)"),
+):
+    register(EnvEntry(_name, "humanoid", "actors.envs.humanoid:make_humanoid", (("maze", _maze),), _description))
+del _name, _maze, _description
