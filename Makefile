@@ -16,9 +16,9 @@ demo: $(STAMP)
 	$(VENV)/bin/depthrl train
 
 test: $(STAMP)
-	$(VENV)/bin/python -m pytest -q -m "not soak"
+	$(VENV)/bin/python -m pytest -q -m "not slow and not soak"
 
-# Everything, including the slow learning tests (about twice as long).
+# Everything, including the slow learning test and the slow Brax env tests.
 test-all: $(STAMP)
 	$(VENV)/bin/python -m pytest -q
 
