@@ -142,3 +142,21 @@ def test_sigterm_stops_every_process_within_seconds_and_resume_continues(tmp_pat
         if resumed.poll() is None:
             resumed.kill()
     assert children_of_run(run_dir) == []
+
+
+def test_shared_batch_mode_trains_every_learner_on_identical_minibatches(tmp_path):
+    run_dir = tmp_path / "run"
+    args = [sys.executable, "-m", "experiments.cli", "run", "--run-dir", str(run_dir), "--collector-depth", "4",
+            "--learner-depths", "8", "--actors", "1", "--env-steps", "8000", "--eval-every-env-steps", "4000",
+            "--sampling-mode", "shared-batch", *SMALL]
+    proc = subprocess.run(args, cwd=REPO, env=env(), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    logs = sorted(p.name for p in (run_dir / "logs").iterdir())
+    assert "learner_collector+learner_d8.log" in logs  # one learner process hosts both
+    collector = rows(run_dir / "metrics" / "collector.jsonl")[:-1]
+    passive = rows(run_dir / "metrics" / "learner_d8.jsonl")[:-1]
+    # same batches at the same moments: identical grad-step and env-step columns, row for row
+    assert [r["grad_steps"] for r in collector] == [r["grad_steps"] for r in passive]
+    assert [r["env_steps"] for r in collector] == [r["env_steps"] for r in passive]
+    assert collector[-1]["collector/critic_loss"] != passive[-1]["learner_d8/critic_loss"]  # different networks
+    assert children_of_run(run_dir) == []
