@@ -17,9 +17,10 @@ both. Parameters of the two implementations have different tree layouts but iden
 Every block is wrapped in a gradient checkpoint that keeps only its four Dense (matmul) outputs for the backward
 pass and recomputes LayerNorm and the activation from them. Without it a scanned block stacks ~7 [B, width]
 residuals per Dense layer across the loop boundary (dynamic-update-slice in the forward loop, dynamic-slice in the
-backward loop); that memory traffic made the scan 1.3x slower per step than the unrolled network on XLA:CPU, where
-the unrolled graph gets the same recomputation for free by fusing the forward elementwise ops into the backward.
-With the checkpoint the scan is as fast as the unrolled network (docs/benchmarks.md, "Depth scaling").
+backward loop); that memory traffic made the scan 1.2-1.5x slower per step than the unrolled network on XLA:CPU
+(worse with depth), where the unrolled graph gets the same recomputation for free by fusing the forward elementwise
+ops into the backward. With the checkpoint the scan is as fast as the unrolled network and keeps ~4x less activation
+memory than the unchecked scan (docs/benchmarks.md, "Depth scaling").
 """
 
 from __future__ import annotations
@@ -64,8 +65,8 @@ class NetworkConfig:
     fewer loop iterations. 1 is as fast as 2..8 on CPU (bench/depth_scaling.py) and compiles fastest."""
     remat: bool = False
     """False: the backward pass keeps each block's 4 Dense outputs and recomputes LayerNorm and activation (fastest
-    measured). True: it keeps only each block's input and recomputes the whole block (least memory, ~1/5 of the
-    activation memory, at ~5-10% more step time); for very deep nets on a memory-bound GPU."""
+    measured). True: it keeps only each block's input and recomputes the whole block (~1/5 of the activation memory,
+    5-30% more step time on CPU); for very deep nets that do not fit in accelerator memory."""
 
     def validate(self, field: str = "network") -> None:
         if self.depth < 4 or self.depth % 4:
