@@ -4,6 +4,7 @@ with code 2 and a message that names the field."""
 from __future__ import annotations
 
 import dataclasses
+import os
 import sys
 from pathlib import Path
 from typing import Callable
@@ -199,6 +200,18 @@ def cmd_resume(argv: list[str]) -> int:
     return _launch(config, args.run_dir)
 
 
+def _exit_role(code: int) -> int:
+    """End a role process at once after its work is done and its files are closed.
+
+    A Reverb call that timed out keeps a daemon thread blocked inside Reverb's C++ client; normal interpreter exit
+    destroys that thread and aborts ("terminate called without an active exception", exit -6), which the launcher
+    would count as a crash. Nothing is left to flush at this point, so skip interpreter teardown.
+    """
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 def _role_parser(prog: str):
     import argparse
 
@@ -228,7 +241,7 @@ def cmd_replay(argv: list[str]) -> int:
 
     if not port_is_free(args.port):
         return _fail(f"port {args.port} is already in use")
-    return run_replay(args.run_dir, args.port)
+    return _exit_role(run_replay(args.run_dir, args.port))
 
 
 def cmd_learner(argv: list[str]) -> int:
@@ -240,7 +253,7 @@ def cmd_learner(argv: list[str]) -> int:
         return 2
     from experiments.roles import run_learner_role
 
-    return run_learner_role(args.run_dir, args.replay, tuple(n for n in args.learners.split(",") if n))
+    return _exit_role(run_learner_role(args.run_dir, args.replay, tuple(n for n in args.learners.split(",") if n)))
 
 
 def cmd_actor(argv: list[str]) -> int:
@@ -252,7 +265,7 @@ def cmd_actor(argv: list[str]) -> int:
         return 2
     from experiments.roles import run_actor_role
 
-    return run_actor_role(args.run_dir, args.replay, args.actor_id)
+    return _exit_role(run_actor_role(args.run_dir, args.replay, args.actor_id))
 
 
 def cmd_evaluator(argv: list[str]) -> int:
@@ -264,7 +277,7 @@ def cmd_evaluator(argv: list[str]) -> int:
         return 2
     from experiments.roles import run_evaluator_role
 
-    return run_evaluator_role(args.run_dir, args.replay, args.learner)
+    return _exit_role(run_evaluator_role(args.run_dir, args.replay, args.learner))
 
 
 COMMANDS: dict[str, Callable[[list[str]], int]] = {
