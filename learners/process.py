@@ -127,9 +127,9 @@ def run_learners(
     server: ``inserted_windows`` (the env-step axis and the measured update-to-data ratio use it: provenance in the
     sampled windows lags behind), ``table_size`` and the rate-limiter stall times. Returns the grad steps reached.
     """
-    spec = make_env(config.env.env).spec
-    action_dim = make_env(config.env.env).action_size
-    dims = Dims(spec.state_dim, spec.goal_dim, action_dim)
+    env = make_env(config.env.env)
+    spec = env.spec
+    dims = Dims(spec.state_dim, spec.goal_dim, env.action_size)
     agents: dict[str, CRLAgent] = {name: make_agent(config.agent_config(name), dims) for name in names}
     plan = plan_for(config)
     root = jax.random.fold_in(jax.random.PRNGKey(config.run.seed), 1000 + sum(map(ord, "|".join(names))))
