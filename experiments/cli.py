@@ -16,6 +16,9 @@ commands:
   run        decoupled run: replay server, collector + passive learners, evaluators, actors as processes
   resume     continue a stopped `run` from its checkpoints: depthrl resume RUN_DIR
   envs       list registered environments
+  ablate     a collector-depth x learner-depth grid of runs (resumable): depthrl ablate --preset demo
+  report     tables and figures of a run or grid directory: depthrl report DIR
+  render     an HTML viewer and (mazes) a top-down PNG of a rollout: depthrl render --env ant_u_maze
 
 roles of a run (started by `run`; also by hand, e.g. on other hosts):
   replay     --run-dir D --port P
@@ -280,6 +283,18 @@ def cmd_evaluator(argv: list[str]) -> int:
     return _exit_role(run_evaluator_role(args.run_dir, args.replay, args.learner))
 
 
+def _delegate(target: str) -> Callable[[list[str]], int]:
+    """A command implemented as `main(argv) -> exit code` in another module, imported only when it runs."""
+
+    def command(argv: list[str]) -> int:
+        import importlib
+
+        module_name, attr = target.split(":")
+        return getattr(importlib.import_module(module_name), attr)(argv)
+
+    return command
+
+
 COMMANDS: dict[str, Callable[[list[str]], int]] = {
     "train": cmd_train,
     "run": cmd_run,
@@ -289,6 +304,9 @@ COMMANDS: dict[str, Callable[[list[str]], int]] = {
     "learner": cmd_learner,
     "actor": cmd_actor,
     "evaluator": cmd_evaluator,
+    "ablate": _delegate("experiments.ablate:main"),
+    "report": _delegate("analysis.report:main"),
+    "render": _delegate("experiments.render:main"),
 }
 
 
