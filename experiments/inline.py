@@ -42,6 +42,9 @@ class TrainerState:
     """States of the passive learners (inline `depthrl run`): they train on the same minibatches, never act."""
     env_steps: jax.Array
     """int32 []: env steps collected so far, all slots together (int32 holds 2.1e9, above the paper's 400M)."""
+    coverage: jax.Array
+    """int32 [n_rows k, n_cols k]: achieved-goal visits per maze bin (`actors.coverage` binning); [1, 1] zeros for
+    envs without a maze. Part of the checkpoint, so a resumed run's coverage is exact."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,6 +62,30 @@ class InlineTrainer:
     """Window sets sampled per iteration so that K x B transitions are drawn without replacement."""
     passive_agents: tuple[CRLAgent, ...] = ()
     """Learners that train on the collector's minibatches and never act (inline mode of `depthrl run`)."""
+    layout: Any = None
+    """The env's `MazeLayout` (coverage histogram bins), or None for envs without a maze."""
+    coverage_bins_per_cell: int = 4
+    """Histogram bins per maze cell along each axis (k), as `actors.coverage.CoverageGrid`."""
+
+    def coverage_shape(self) -> tuple[int, int]:
+        if self.layout is None:
+            return 1, 1
+        n_rows, n_cols = self.layout.shape
+        return n_rows * self.coverage_bins_per_cell, n_cols * self.coverage_bins_per_cell
+
+    def add_coverage(self, counts: jax.Array, achieved_xy: jax.Array) -> jax.Array:
+        """Add positions ``achieved_xy [..., 2]`` to ``counts``, binned exactly as `CoverageGrid.add` bins them
+        (clipped into the edge bins; non-finite positions are skipped)."""
+        if self.layout is None:
+            return counts
+        scaling = self.layout.scaling
+        xy = achieved_xy.reshape(-1, 2)
+        finite = jnp.all(jnp.isfinite(xy), axis=-1)
+        index = jnp.floor((jnp.where(finite[:, None], xy, 0.0) + scaling / 2) / (scaling / self.coverage_bins_per_cell))
+        n_x, n_y = counts.shape
+        ix = jnp.clip(index[:, 0].astype(jnp.int32), 0, n_x - 1)
+        iy = jnp.clip(index[:, 1].astype(jnp.int32), 0, n_y - 1)
+        return counts.at[ix, iy].add(finite.astype(counts.dtype))
 
     def init(self, key: jax.Array) -> TrainerState:
         agent_key, env_key, key = jax.random.split(key, 3)
@@ -69,6 +96,7 @@ class InlineTrainer:
             env=self.env.reset(env_key, self.config.schedule.num_envs),
             key=key,
             env_steps=jnp.zeros((), jnp.int32),
+            coverage=jnp.zeros(self.coverage_shape(), jnp.int32),
         )
 
     def _collect(self, state: TrainerState) -> TrainerState:
@@ -79,7 +107,10 @@ class InlineTrainer:
         )
         buffer = self.buffer.insert(state.buffer, traj.obs, traj.action, traj.traj_id)
         steps = self.config.schedule.env_steps_per_iteration
-        return state.replace(buffer=buffer, env=env_state, key=key, env_steps=state.env_steps + steps)
+        spec = self.env.env.spec
+        coverage = self.add_coverage(state.coverage, spec.achieved_goal(spec.state_of(traj.obs))[..., :2])
+        return state.replace(buffer=buffer, env=env_state, key=key, env_steps=state.env_steps + steps,
+                             coverage=coverage)
 
     def collect(self, state: TrainerState) -> TrainerState:
         """Collect one iteration of data without learning (prefill)."""
@@ -144,6 +175,7 @@ def make_trainer(config: TrainConfig, passive: tuple = ()) -> InlineTrainer:
         sgd_steps_per_iteration=k,
         window_draws=draws,
         passive_agents=tuple(make_agent(c, dims) for c in passive),
+        layout=getattr(env, "layout", None),
     )
 
 
@@ -257,10 +289,12 @@ def run_training(
                     if index == 0:
                         last_eval = result
                 next_eval = _next_multiple(env_steps, config.eval.eval_every_env_steps)
+                _save_coverage(trainer, state, run_dir, roles[0])
             if time.time() - last_checkpoint > run.checkpoint_every_seconds:
                 _save(manager, state, time.time() - start)
                 last_checkpoint = time.time()
         _save(manager, state, time.time() - start)
+        _save_coverage(trainer, state, run_dir, roles[0])
         if stop.stop:
             _progress(run, f"stopped by signal {stop.signum} at {int(state.env_steps)} env steps; "
                            f"continue with: depthrl train --run-dir {run_dir} --resume")
@@ -273,6 +307,18 @@ def run_training(
     if stop.stop:
         raise KeyboardInterrupt
     return last_eval
+
+
+def _save_coverage(trainer: InlineTrainer, state: TrainerState, run_dir: Path, role: str) -> None:
+    """Write the collector's coverage histogram (maze envs) as `actors.coverage` files, like an actor does."""
+    if trainer.layout is None:
+        return
+    import numpy as np
+
+    from actors.coverage import CoverageGrid, coverage_path
+
+    grid = CoverageGrid(trainer.layout, trainer.coverage_bins_per_cell, counts=np.asarray(state.coverage))
+    grid.save(coverage_path(run_dir, role), int(state.env_steps))
 
 
 def _next_multiple(value: int, every: int) -> int:
