@@ -28,6 +28,9 @@ from experiments.metrics import JsonlLogger
 from learners.crl import Dims, make_agent
 from replay.schema import Window
 
+COVERAGE_SAVE_EVERY_SECONDS = 10.0
+"""How often an actor rewrites its coverage histogram (it is small: a few KB for the paper's mazes)."""
+
 # latest(role) -> (version, params, meta) or None when nothing newer than `known_version` is there yet.
 LatestParams = Callable[[str, Any, int], "tuple[int, Any, dict] | None"]
 
@@ -70,6 +73,16 @@ def run_actor(
         state, traj = unroll(training_env, agent.act, params, state, key, window_steps)
         return state, traj
 
+    # Where the collector's data goes (maze envs): a histogram of achieved-goal positions, saved with the metrics.
+    layout = getattr(env, "layout", None)
+    coverage = None
+    if layout is not None:
+        from actors.coverage import CoverageGrid, coverage_path, load
+
+        cov_path = coverage_path(run_dir, role)
+        coverage = load(cov_path) if cov_path.exists() and env_steps else CoverageGrid(layout)
+        last_coverage_save = time.time()
+
     fetched = None
     while fetched is None and not stop_event.is_set():
         fetched = latest(COLLECTOR, template, -1)
@@ -92,6 +105,11 @@ def run_actor(
             env_steps=np.full((num_envs,), env_steps, np.int64),
         )
         blocked += write(window)
+        if coverage is not None:
+            coverage.add(np.asarray(env.spec.achieved_goal(window.obs[..., : env.spec.state_dim]))[..., :2])
+            if time.time() - last_coverage_save > COVERAGE_SAVE_EVERY_SECONDS:
+                coverage.save(cov_path, env_steps)
+                last_coverage_save = time.time()
         newer = latest(COLLECTOR, template, version)
         if newer is not None:
             version, params, _ = newer
@@ -107,6 +125,8 @@ def run_actor(
             env_steps=env_steps, grad_steps=version, param_version=version,
         )
         rate_start, rate_steps, blocked = time.time(), env_steps, 0.0
+    if coverage is not None:
+        coverage.save(cov_path, env_steps)
     log.close()
     return env_steps
 

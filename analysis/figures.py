@@ -1,0 +1,226 @@
+"""Figures as pure functions: data in, a matplotlib `Figure` out; `save_figure` writes it as PNG and PDF.
+
+Figures are built with `matplotlib.figure.Figure` directly, never through `pyplot`: no global figure registry to
+leak memory across a long report, no GUI backend, and saving renders with Agg (PNG) / the PDF backend. The inputs
+are the frames of `analysis.load` / `analysis.tables` (and, for coverage maps, the summed `CoverageGrid`s of
+`analysis.coverage`, which are 2-D arrays rather than rows).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import matplotlib
+import numpy as np
+import pandas as pd
+from matplotlib.colors import LogNorm
+from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
+from matplotlib.ticker import NullFormatter, ScalarFormatter
+
+from actors.coverage import CoverageGrid
+from analysis.coverage import coverage_entropy, coverage_fraction
+
+__all__ = ["coverage_figure", "diagnostics_figure", "expressivity_figure", "learning_curves_figure", "save_figure"]
+
+X_LABELS = {"env_steps": "env steps", "wall_time": "wall-clock time (s)", "grad_steps": "grad steps"}
+COLLECTOR_COLOR = "black"
+
+
+def _learner_color(learner: str, depths: Sequence[int]) -> str:
+    """Black for the collector; a fixed tab10 colour per passive depth (same colour in every panel)."""
+    if learner == "collector":
+        return COLLECTOR_COLOR
+    depth = int(learner.removeprefix("learner_d"))
+    cmap = matplotlib.colormaps["tab10"]
+    return matplotlib.colors.to_hex(cmap((sorted(depths).index(depth) + 1) % 10))
+
+
+def _learner_label(learner: str, collector_depth) -> str:
+    if learner == "collector":
+        return f"collector (d{collector_depth})" if not pd.isna(collector_depth) else "collector"
+    return learner.replace("learner_d", "learner d")
+
+
+def _lines(data: pd.DataFrame):
+    """(run, learner, rows) per line, the collector first then passive learners by depth (not "d16" before "d4")."""
+    groups = list(data.groupby(["run", "learner"], sort=True))
+    def order(group):
+        (run, learner), rows = group
+        depth = rows["learner_depth"].iloc[0]
+        return learner != "collector", 0 if pd.isna(depth) else int(depth), run
+
+    groups.sort(key=order)
+    for (run, learner), rows in groups:
+        yield run, learner, rows
+
+
+def _panels(frame: pd.DataFrame) -> list[tuple[str, int]]:
+    """(env, collector_depth) pairs in the frame, sorted: one panel row/column each."""
+    keys = frame[["env", "collector_depth"]].drop_duplicates().dropna()
+    return sorted((str(e), int(d)) for e, d in keys.itertuples(index=False))
+
+
+def _panel_title(env: str, depth: int, several_envs: bool) -> str:
+    return (f"{env}, " if several_envs else "") + f"collector depth {depth}"
+
+
+def expressivity_figure(table: pd.DataFrame, metric: str = "time_at_goal") -> Figure:
+    """Final `metric` against passive learner depth (log2 axis), one line per collector depth with SE error bars
+    (none where n = 1); the collector's own eval is a star at its own depth, same colour. Input: `ablation_table`."""
+    fig = Figure(figsize=(6.0, 4.2), layout="constrained")
+    ax = fig.add_subplot()
+    passive = table[table["learner"] != "collector"]
+    own = table[table["learner"] == "collector"]
+    several_envs = table["env"].nunique() > 1
+    cmap = matplotlib.colormaps["viridis"]
+    keys = _panels(table)
+    all_depths = set()
+    for i, (env, depth) in enumerate(keys):
+        color = cmap(0.85 * i / max(len(keys) - 1, 1))  # stop short of viridis' pale yellow end
+        label = (f"{env}, " if several_envs else "") + f"collector depth {depth}"
+        rows = passive[(passive["env"] == env) & (passive["collector_depth"] == depth)].sort_values("learner_depth")
+        if len(rows):
+            x = rows["learner_depth"].astype(float).to_numpy()
+            all_depths.update(int(d) for d in x)
+            ax.errorbar(x, rows[f"{metric}_mean"].to_numpy(float), yerr=rows[f"{metric}_se"].fillna(0).to_numpy(float),
+                        marker="o", capsize=3, color=color, label=label)
+        mine = own[(own["env"] == env) & (own["collector_depth"] == depth)]
+        if len(mine):
+            all_depths.add(depth)
+            ax.errorbar([float(depth)], mine[f"{metric}_mean"].to_numpy(float),
+                        yerr=mine[f"{metric}_se"].fillna(0).to_numpy(float), marker="*", markersize=12,
+                        linestyle="none", capsize=3, color=color,
+                        label=f"{label}: collector's own eval" if not len(rows) else None)
+    ax.set_xscale("log", base=2)
+    if all_depths:
+        ax.set_xticks(sorted(all_depths))
+    ax.xaxis.set_major_formatter(ScalarFormatter())
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.set_xlabel("learner depth (log2 scale)")
+    ax.set_ylabel(f"final {metric.replace('_', ' ')}")
+    ax.set_title(f"Expressivity: final {metric.replace('_', ' ')} (mean ± SE over seeds; ★ = collector's own eval)",
+                 fontsize=9)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    return fig
+
+
+def learning_curves_figure(frame: pd.DataFrame, metric: str = "time_at_goal", kinds: Sequence[str] = ("eval",),
+                           xs: Sequence[str] = ("env_steps", "wall_time")) -> Figure:
+    """`metric` of the rows whose kind is in `kinds`, one panel row per (env, collector depth) and one column per x
+    in `xs`; a line per (run, learner), coloured by learner (seeds share a colour). Input: the `load` frame."""
+    rows = frame[frame["kind"].isin(kinds)]
+    rows = rows[rows[metric].notna()] if metric in rows else rows.iloc[0:0]
+    keys = _panels(rows) or [("", 0)]
+    passive_depths = sorted({int(d) for d in rows.loc[rows["learner"] != "collector", "learner_depth"].dropna()})
+    several_envs = rows["env"].nunique() > 1
+    fig = Figure(figsize=(5.0 * len(xs), 3.2 * len(keys)), layout="constrained")
+    axes = fig.subplots(len(keys), len(xs), squeeze=False)
+    for r, (env, depth) in enumerate(keys):
+        panel = rows[(rows["env"] == env) & (rows["collector_depth"] == depth)]
+        for c, x in enumerate(xs):
+            ax = axes[r, c]
+            labelled = set()
+            for run, learner, line in _lines(panel):
+                line = line.sort_values([x, "env_steps"], kind="stable")
+                label = None if learner in labelled else _learner_label(learner, depth)
+                labelled.add(learner)
+                ax.plot(line[x].to_numpy(float), line[metric].to_numpy(float), marker=".", linewidth=1.2,
+                        color=_learner_color(learner, passive_depths), alpha=0.85, label=label)
+            ax.set_xlabel(X_LABELS.get(x, x))
+            ax.set_ylabel(metric.replace("_", " "))
+            if len(panel):
+                ax.set_title(_panel_title(env, depth, several_envs), fontsize=9)
+                ax.legend(fontsize=7)
+            else:
+                ax.set_title(f"no {metric} rows", fontsize=9)
+            ax.grid(alpha=0.3)
+    return fig
+
+
+def diagnostics_figure(frame: pd.DataFrame, metrics: Sequence[str] = ("policy_lag", "update_to_data"),
+                       x: str = "wall_time") -> Figure:
+    """Per learner (collector and passive learners) `metrics` over `x`: a panel row per metric, a column per (env,
+    collector depth); a line per (run, learner). Policy lag is in param versions (grad steps) between the policy
+    that collected a batch and the learner's current one; update-to-data is grad steps per env step."""
+    rows = frame[frame["kind"].isin(("collector", "learner"))]
+    keys = _panels(rows) or [("", 0)]
+    passive_depths = sorted({int(d) for d in rows.loc[rows["learner"] != "collector", "learner_depth"].dropna()})
+    several_envs = rows["env"].nunique() > 1
+    fig = Figure(figsize=(5.0 * len(keys), 3.0 * len(metrics)), layout="constrained")
+    axes = fig.subplots(len(metrics), len(keys), squeeze=False)
+    for c, (env, depth) in enumerate(keys):
+        panel = rows[(rows["env"] == env) & (rows["collector_depth"] == depth)]
+        for r, metric in enumerate(metrics):
+            ax = axes[r, c]
+            data = panel[panel[metric].notna()] if metric in panel else panel.iloc[0:0]
+            labelled = set()
+            for run, learner, line in _lines(data):
+                line = line.sort_values([x, "env_steps"], kind="stable")
+                label = None if learner in labelled else _learner_label(learner, depth)
+                labelled.add(learner)
+                ax.plot(line[x].to_numpy(float), line[metric].to_numpy(float), linewidth=1.2,
+                        color=_learner_color(learner, passive_depths), label=label)
+            ax.set_xlabel(X_LABELS.get(x, x))
+            ax.set_ylabel(metric.replace("_", " "))
+            ax.set_title(_panel_title(env, depth, several_envs) if len(data) else f"no {metric} rows", fontsize=9)
+            if len(data):
+                ax.legend(fontsize=7)
+            ax.grid(alpha=0.3)
+    return fig
+
+
+def coverage_figure(grids: Mapping[str, CoverageGrid]) -> Figure:
+    """One coverage map per entry (title -> summed grid): visit counts per bin on a log colour scale over the maze
+    drawing (walls grey, start cells outlined in blue with "S", goal cells outlined in red). World x runs down and
+    world y to the right, so the picture matches the layout text."""
+    n = max(len(grids), 1)
+    fig = Figure(figsize=(4.2 * n, 4.2), layout="constrained")
+    axes = fig.subplots(1, n, squeeze=False)[0]
+    for ax, (title, grid) in zip(axes, grids.items()):
+        layout, s = grid.layout, grid.layout.scaling
+        x_min, x_max, y_min, y_max = grid.extent
+        counts = np.ma.masked_less_equal(grid.counts.astype(float), 0)
+        vmax = max(float(grid.counts.max()), 1.0)
+        image = ax.imshow(counts, origin="upper", extent=(y_min, y_max, x_max, x_min), cmap="viridis",
+                          norm=LogNorm(vmin=1.0, vmax=max(vmax, 1.0 + 1e-9)), interpolation="nearest")
+        for i, j in np.argwhere(layout.wall_mask):
+            ax.add_patch(Rectangle((j * s - s / 2, i * s - s / 2), s, s, facecolor="0.55", edgecolor="0.4"))
+        for i, j in layout.goal_cells:
+            ax.add_patch(Rectangle((j * s - s / 2, i * s - s / 2), s, s, fill=False, edgecolor="red", linewidth=1.0,
+                                   linestyle="--"))
+        for i, j in layout.start_cells:
+            ax.add_patch(Rectangle((j * s - s / 2, i * s - s / 2), s, s, fill=False, edgecolor="blue", linewidth=1.5))
+            ax.text(j * s, i * s, "S", color="blue", ha="center", va="center", fontsize=10, fontweight="bold")
+        ax.set_xlim(y_min, y_max)
+        ax.set_ylim(x_max, x_min)
+        ax.set_aspect("equal")
+        ax.set_xlabel("world y")
+        ax.set_ylabel("world x")
+        ax.set_title(f"{title}\nvisited {coverage_fraction(grid):.0%} of free cells, "
+                     f"entropy {coverage_entropy(grid):.2f}", fontsize=9)
+        fig.colorbar(image, ax=ax, shrink=0.8, label="visits per bin")
+    if not grids:
+        axes[0].set_title("no coverage files")
+        axes[0].set_axis_off()
+    return fig
+
+
+def save_figure(fig: Figure, out_dir: Path, stem: str, dpi: int = 150) -> list[Path]:
+    """Write `fig` as ``<out_dir>/<stem>.png`` and ``.pdf``; returns the two paths."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    png, pdf = out_dir / f"{stem}.png", out_dir / f"{stem}.pdf"
+    fig.savefig(png, dpi=dpi)
+    # The PNG pass placed the axes; reuse that placement for the PDF instead of solving the constrained layout
+    # again (a third of a report's rendering time), then give the figure its layout engine back.
+    engine = fig.get_layout_engine()
+    fig.set_layout_engine("none")
+    try:
+        fig.savefig(pdf)
+    finally:
+        fig.set_layout_engine(engine)
+    return [png, pdf]

@@ -1,0 +1,176 @@
+"""The ablation table: collector depth x learner depth -> final evaluation, mean +- standard error over seeds.
+
+Per run and eval role, the *final* value of a metric is its mean over the last `last_n` evaluations (by env steps).
+Per (env, collector depth, learner) the final values of the seeds are averaged; the standard error is the sample
+standard deviation (ddof=1) / sqrt(n), undefined (NaN, printed "n/a") for a single seed. Columns of `ablation_table`:
+
+``env, collector_depth, learner ("collector" = the collector's own eval, "learner_d{D}" = a passive learner),
+learner_depth, n_seeds, {metric}_mean, {metric}_se`` for each metric in `FINAL_METRICS`, and, when coverage was
+measured, ``coverage_fraction_mean/_se, coverage_entropy_mean/_se`` of the collector depth (the same on every row
+of that depth: exploration belongs to the collector, not to a learner).
+
+Rendering (`ablation_matrix`, `to_markdown`, `to_latex`) lays one metric out as a matrix: a row per collector depth,
+a column for the collector's own eval then one per passive learner depth, then the coverage columns.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+
+__all__ = ["FINAL_METRICS", "ablation_matrix", "ablation_table", "coverage_summary", "final_evals", "mean_se",
+           "to_latex", "to_markdown"]
+
+FINAL_METRICS = ("time_at_goal", "success_any")
+"""Evaluation metrics summarised in the ablation table."""
+LAST_N_EVALS = 5
+COVERAGE_METRICS = ("coverage_fraction", "coverage_entropy")
+_GROUP = ["env", "collector_depth", "learner", "learner_depth"]
+
+
+def mean_se(values) -> tuple[float, float, int]:
+    """(mean, standard error, n) of the finite values: SE = std(ddof=1) / sqrt(n); NaN when n < 2 (mean NaN at 0)."""
+    x = np.asarray(pd.to_numeric(pd.Series(values), errors="coerce"), dtype=np.float64)
+    x = x[np.isfinite(x)]
+    n = len(x)
+    if n == 0:
+        return math.nan, math.nan, 0
+    mean = float(x.mean())
+    se = float(x.std(ddof=1) / math.sqrt(n)) if n > 1 else math.nan
+    return mean, se, n
+
+
+def final_evals(frame: pd.DataFrame, last_n: int = LAST_N_EVALS, metrics=FINAL_METRICS) -> pd.DataFrame:
+    """One row per (run, eval role): the mean of each metric over that role's last `last_n` evaluations, with
+    ``n_evals`` (how many were averaged) and ``final_env_steps`` (env steps of the last one)."""
+    if last_n < 1:
+        raise ValueError(f"last_n must be >= 1, got {last_n}")
+    columns = ["run", "env", "seed", "collector_depth", "learner", "learner_depth", "role", "n_evals",
+               "final_env_steps", *metrics]
+    evals = frame[frame["kind"] == "eval"]
+    rows = []
+    for (run, role), group in evals.groupby(["run", "role"], sort=True):
+        tail = group.sort_values(["env_steps", "wall_time"], kind="stable").tail(last_n)
+        first = tail.iloc[0]
+        row = {c: first[c] for c in ("run", "env", "seed", "collector_depth", "learner", "learner_depth", "role")}
+        row["n_evals"] = len(tail)
+        row["final_env_steps"] = float(tail["env_steps"].iloc[-1])
+        for metric in metrics:
+            row[metric] = float(tail[metric].mean()) if metric in tail else math.nan
+        rows.append(row)
+    out = pd.DataFrame(rows, columns=columns)
+    for c in ("seed", "collector_depth", "learner_depth"):
+        out[c] = out[c].astype("Int64")
+    return out
+
+
+def coverage_summary(coverage: pd.DataFrame) -> pd.DataFrame:
+    """Per (env, collector_depth): n_coverage_runs and mean/SE over seeds of coverage_fraction and coverage_entropy
+    (input: `analysis.coverage.coverage_frame`)."""
+    rows = []
+    for (env, depth), group in coverage.groupby(["env", "collector_depth"], sort=True):
+        row = {"env": env, "collector_depth": depth, "n_coverage_runs": len(group)}
+        for metric in COVERAGE_METRICS:
+            row[f"{metric}_mean"], row[f"{metric}_se"], _ = mean_se(group[metric])
+        rows.append(row)
+    columns = ["env", "collector_depth", "n_coverage_runs"] + [f"{m}_{s}" for m in COVERAGE_METRICS
+                                                               for s in ("mean", "se")]
+    out = pd.DataFrame(rows, columns=columns)
+    out["collector_depth"] = out["collector_depth"].astype("Int64")
+    return out
+
+
+def ablation_table(frame: pd.DataFrame, last_n: int = LAST_N_EVALS, coverage: pd.DataFrame | None = None,
+                   metrics=FINAL_METRICS) -> pd.DataFrame:
+    """The long ablation table described in the module docstring. `frame` is `analysis.load.load(...).frame`;
+    `coverage` (optional) is `analysis.coverage.coverage_frame(...)[0]`."""
+    finals = final_evals(frame, last_n, metrics)
+    rows = []
+    for key, group in finals.groupby(_GROUP, sort=False, dropna=False):
+        row = dict(zip(_GROUP, key))
+        row["n_seeds"] = len(group)
+        for metric in metrics:
+            row[f"{metric}_mean"], row[f"{metric}_se"], _ = mean_se(group[metric])
+        rows.append(row)
+    columns = _GROUP + ["n_seeds"] + [f"{m}_{s}" for m in metrics for s in ("mean", "se")]
+    table = pd.DataFrame(rows, columns=columns)
+    for c in ("collector_depth", "learner_depth"):
+        table[c] = table[c].astype("Int64")
+    if coverage is not None and len(coverage):
+        table = table.merge(coverage_summary(coverage), on=["env", "collector_depth"], how="left")
+    # The collector's own eval first in each collector depth, then passive learners by depth.
+    table["_own"] = table["learner"] != "collector"
+    table = table.sort_values(["env", "collector_depth", "_own", "learner_depth"], kind="stable")
+    return table.drop(columns="_own").reset_index(drop=True)
+
+
+def _fmt(mean: float, se: float, n: int | None = None) -> str:
+    if mean is None or pd.isna(mean):
+        return "–"
+    text = f"{mean:.2f} ± " + ("n/a" if se is None or pd.isna(se) else f"{se:.2f}")
+    return text + (f" (n={n})" if n is not None else "")
+
+
+def ablation_matrix(table: pd.DataFrame, metric: str = "time_at_goal") -> pd.DataFrame:
+    """`metric` of `ablation_table` as a matrix of "mean ± SE (n=...)" strings: a row per (env,) collector depth;
+    columns "collector (own eval)", "learner d{D}" per passive depth, then coverage fraction/entropy when present.
+    The env column is kept only when the table holds several envs."""
+    learner_depths = sorted({int(d) for d in table.loc[table["learner"] != "collector", "learner_depth"].dropna()})
+    has_coverage = "coverage_fraction_mean" in table.columns
+    several_envs = table["env"].nunique(dropna=False) > 1
+    rows = []
+    for (env, depth), group in table.groupby(["env", "collector_depth"], sort=True, dropna=False):
+        row = {"env": env} if several_envs else {}
+        row["collector depth"] = "–" if pd.isna(depth) else str(int(depth))
+        own = group[group["learner"] == "collector"]
+        row["collector (own eval)"] = (_fmt(own[f"{metric}_mean"].iloc[0], own[f"{metric}_se"].iloc[0],
+                                            int(own["n_seeds"].iloc[0])) if len(own) else "–")
+        for d in learner_depths:
+            cell = group[(group["learner"] != "collector") & (group["learner_depth"] == d)]
+            row[f"learner d{d}"] = (_fmt(cell[f"{metric}_mean"].iloc[0], cell[f"{metric}_se"].iloc[0],
+                                         int(cell["n_seeds"].iloc[0])) if len(cell) else "–")
+        if has_coverage:
+            first = group.iloc[0]
+            n = first.get("n_coverage_runs")
+            n = None if pd.isna(n) else int(n)
+            row["coverage fraction"] = _fmt(first["coverage_fraction_mean"], first["coverage_fraction_se"], n)
+            row["coverage entropy"] = _fmt(first["coverage_entropy_mean"], first["coverage_entropy_se"], n)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def to_markdown(frame: pd.DataFrame) -> str:
+    """A GitHub-flavoured Markdown table of `frame` (cells as str; '|' escaped)."""
+    def cell(x) -> str:
+        return str(x).replace("|", "\\|").replace("\n", " ")
+
+    header = [cell(c) for c in frame.columns]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    for values in frame.itertuples(index=False):
+        lines.append("| " + " | ".join(cell(v) for v in values) + " |")
+    return "\n".join(lines) + "\n"
+
+
+_LATEX_ESCAPES = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+                  "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+
+
+def _latex_cell(x) -> str:
+    text = "".join(_LATEX_ESCAPES.get(ch, ch) for ch in str(x))
+    return text.replace("±", r"$\pm$").replace("–", "--")
+
+
+def to_latex(frame: pd.DataFrame, caption: str | None = None) -> str:
+    """A booktabs ``tabular`` of `frame` (needs ``\\usepackage{booktabs}``), wrapped in a ``table`` with `caption`."""
+    spec = "l" * len(frame.columns)
+    lines = [r"\begin{table}[t]", r"\centering"]
+    if caption:
+        lines.append(r"\caption{" + _latex_cell(caption) + "}")
+    lines += [r"\begin{tabular}{" + spec + "}", r"\toprule",
+              " & ".join(_latex_cell(c) for c in frame.columns) + r" \\", r"\midrule"]
+    for values in frame.itertuples(index=False):
+        lines.append(" & ".join(_latex_cell(v) for v in values) + r" \\")
+    lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
+    return "\n".join(lines) + "\n"
