@@ -13,7 +13,7 @@ $(STAMP): requirements.lock pyproject.toml
 	@touch $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/depthrl train
+	$(VENV)/bin/depthrl ablate --preset demo
 
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest -q -m "not slow and not soak"

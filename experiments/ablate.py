@@ -46,15 +46,16 @@ class Preset:
 
 PRESETS: dict[str, Preset] = {
     # The paper's Fig. 8: collector 4 and 32 x learners 4 and 32, 3 seeds, on Humanoid and Ant Big Maze at the
-    # Table 1 budget (100M env steps) and the paper's schedule (512 envs, batch 512, unroll 62, UTD 1:40). GPU-scale.
+    # Table 1 budget (100M env steps) and the paper's schedule (512 envs, batch 512, unroll 62, UTD 1:40, 10k
+    # replay steps per env, 1k prefill steps per env, 128 eval envs). GPU scale: days on this CPU.
     "paper-fig8": Preset(
         envs=("humanoid", "ant_big_maze"),
         collector_depths=(4, 32),
         learner_depths=(4, 32),
         seeds=3,
         run_args=("--env-steps", "100000000", "--num-envs", "512", "--batch-size", "512", "--unroll-length", "62",
-                  "--prefill-steps-per-env", "1000", "--buffer-capacity-steps", "10000000",
-                  "--eval-every-env-steps", "1000000", "--num-eval-envs", "256", "--actors", "1"),
+                  "--prefill-steps-per-env", "1000", "--buffer-capacity-steps", "10000",
+                  "--eval-every-env-steps", "1000000", "--num-eval-envs", "128", "--actors", "1"),
         description="paper Fig. 8: humanoid + ant_big_maze, collector {4,32} x learner {4,32}, 3 seeds, 100M steps",
     ),
     # The README's main job: a 2 x 2 grid that finishes on 2 CPU cores in about 15 minutes. The budget and maze were
@@ -116,6 +117,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--grid-dir", type=Path, help="directory of the grid (default: runs/ablate_<preset or env>)")
     p.add_argument("--parallel", type=int, default=1, help="runs at a time (default 1: one after another)")
     p.add_argument("--no-report", action="store_true", help="skip the report after the last run")
+    p.add_argument("--dry-run", action="store_true", help="validate every run and print the plan; start nothing")
     return p
 
 
@@ -292,6 +294,11 @@ def main(argv: list[str]) -> int:
         print(f"depthrl: error: {e}", file=sys.stderr)
         return 2
     print(f"depthrl ablate: {len(runs)} runs in {grid_dir}", file=sys.stderr)
+    if args.dry_run:
+        for run in runs:
+            status = state["runs"][run.name]["status"]
+            print(f"{run.name:<28} {status:<12} depthrl run {' '.join(run.argv)}")
+        return 0
     signal.signal(signal.SIGTERM, _raise_interrupt)  # SIGTERM stops the grid as cleanly as Ctrl-C
     code = run_grid(grid_dir, state, runs, args.parallel)
     if code != 0 or args.no_report:
