@@ -59,16 +59,17 @@ PRESETS: dict[str, Preset] = {
         description="paper Fig. 8: humanoid + ant_big_maze, collector {4,32} x learner {4,32}, 3 seeds, 100M steps",
     ),
     # The README's main job: a 2 x 2 grid that finishes on 2 CPU cores in about 15 minutes. The budget and maze were
-    # chosen before looking at the table (see docs/demo.md); the collector runs inline (one process per run), which
-    # is what fits on 2 cores. Deep = 16 here because depth 32 does not fit the CPU budget.
+    # chosen from the compute budget before looking at the table (docs/demo.md): width 128 and depth 16 as "deep"
+    # (32 does not fit), and the collector and learners inline (one process per run), which is what fits 2 cores.
     "demo": Preset(
         envs=("point_u_maze",),
         collector_depths=(4, 16),
         learner_depths=(4, 16),
         seeds=1,
         run_args=("--env-steps", "160000", "--num-envs", "64", "--batch-size", "256", "--unroll-length", "50",
-                  "--eval-every-env-steps", "20000", "--num-eval-envs", "64", "--inline"),
-        description="CPU demo: point_u_maze, collector {4,16} x learner {4,16}, 1 seed, 160k env steps, inline",
+                  "--width", "128", "--eval-every-env-steps", "20000", "--num-eval-envs", "64", "--inline"),
+        description="CPU demo: point_u_maze, collector {4,16} x learner {4,16}, 1 seed, 160k env steps, width 128, "
+                    "inline",
     ),
 }
 

@@ -296,8 +296,9 @@ def run_training(
         _save(manager, state, time.time() - start)
         _save_coverage(trainer, state, run_dir, roles[0])
         if stop.stop:
-            _progress(run, f"stopped by signal {stop.signum} at {int(state.env_steps)} env steps; "
-                           f"continue with: depthrl train --run-dir {run_dir} --resume")
+            again = (f"depthrl train --run-dir {run_dir} --resume" if roles == ("learner",)
+                     else f"depthrl resume {run_dir}")
+            _progress(run, f"stopped by signal {stop.signum} at {int(state.env_steps)} env steps; continue with: {again}")
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
