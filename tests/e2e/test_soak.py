@@ -52,6 +52,7 @@ def _role_processes(run_dir: Path) -> dict[str, psutil.Process]:
     return found
 
 
+@pytest.mark.timeout(SOAK_SECONDS + 600)  # the suite-wide 900 s limit would end the soak
 def test_memory_stays_flat_over_a_long_decoupled_run(tmp_path, compilation_cache_dir):
     run_dir = tmp_path / "soak"
     log = open(tmp_path / "launcher.log", "w")
