@@ -1,51 +1,69 @@
-"""Env throughput: env steps per second of a jitted, vmapped `step`, scanned over time, after compilation.
+"""Env throughput: env steps per second of a jitted, vmapped `step`, scanned over time, compilation excluded.
 
-    python bench/env_throughput.py                                  # the point family, 64/256/1024 envs
-    python bench/env_throughput.py --families point,ant --steps 200
-    python bench/env_throughput.py --envs point_u_maze,point_hardest_maze --num-envs 1024,4096
+    python bench/env_throughput.py                          # every family + one ant maze, N = 64, 256, 1024
+    python bench/env_throughput.py --envs ant_u_maze,humanoid_u_maze --max-geom-pairs none,8,16,32
+    python bench/env_throughput.py --envs point_u_maze --num-envs 1024,4096 --seconds 1
 
-What is timed: ``lax.scan`` of ``vmap(env.step)`` over ``--steps`` steps for ``N`` envs, on actions drawn uniformly
-from [-1, 1] before timing (so the random number generator is not part of the env's cost). No auto-reset wrapper:
-this measures the env alone. Compilation is done (and reported) before timing; the figure is the median over
-``--repeats`` timed runs of ``N * steps / seconds``.
+What is timed: one compiled call = ``lax.scan`` of ``vmap(env.step)`` over ``--chunk-steps`` steps for ``N`` envs,
+on actions drawn uniformly from [-1, 1] before timing (the random number generator is not the env's cost). No
+auto-reset wrapper: this measures the env alone (an ant that falls keeps being simulated, which costs the same).
+Each configuration is compiled (compile time reported), called once to warm up, then called again and again, each
+call starting from the previous call's final states, until ``--seconds`` have passed (at least ``--min-calls``
+calls). The figure is the median over calls of ``N * chunk_steps / seconds``, so a bench run is bounded by about
+(compile + seconds + one call) per configuration whatever an env's speed.
 
-Any env registered in `actors.envs.registry` can be measured by name; a family name picks that family's
-representative env (`REPRESENTATIVES`, else its first registered env).
+`--max-geom-pairs` (comma list of 'default', 'none' or an int) sweeps the contact culling of ant/humanoid maze envs
+(`mjcf_build.set_max_geom_pairs`); other envs ignore it and are measured once. The variants of one env and N are
+compiled first and then timed in interleaved rounds (one call each per round), so that load changes on a shared
+machine hit them alike; ``/first`` is each variant's median over the first variant's.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import platform
 import statistics
 import time
+from typing import Any
 
 import jax
-import jax.numpy as jnp
 
 from actors.envs import registry
 
-REPRESENTATIVES = {"point": "point_u_maze", "reacher": "reacher", "ant": "ant", "humanoid": "humanoid"}
-"""Family -> the env that stands for it when only the family is named."""
+DEFAULT_ENVS = ("point_u_maze", "reacher", "ant", "ant_u_maze", "humanoid")
+"""One env per family (point, reacher, ant, humanoid) plus one ant maze: walls multiply the contact work."""
+CULLABLE_FAMILIES = ("ant", "humanoid")
+"""Families whose maze envs take `max_geom_pairs`."""
 
 
-def family_env(family: str) -> str:
-    """The env name measured for `family`."""
-    members = [n for n in registry.env_names() if registry.get_entry(n).family == family]
-    if not members:
-        families = sorted({registry.get_entry(n).family for n in registry.env_names()})
-        raise SystemExit(f"no registered env in family {family!r}; families: {', '.join(families)}")
-    preferred = REPRESENTATIVES.get(family)
-    return preferred if preferred in members else members[0]
+@dataclasses.dataclass
+class Config:
+    """One compiled configuration and the states it carries from call to call."""
+
+    label: str
+    num_envs: int
+    chunk_steps: int
+    compiled: Any
+    states: Any
+    actions: jax.Array
+    compile_seconds: float
+    rates: list[float] = dataclasses.field(default_factory=list)
+    """env steps / s of every timed call."""
+
+    def call(self) -> float:
+        start = time.perf_counter()
+        self.states = jax.block_until_ready(self.compiled(self.states, self.actions))
+        return self.num_envs * self.chunk_steps / (time.perf_counter() - start)
 
 
-def measure(env_name: str, num_envs: int, num_steps: int, repeats: int, seed: int) -> dict[str, float]:
-    """Compile and time ``num_steps`` vmapped steps of ``num_envs`` copies of `env_name`; env steps/s."""
-    env = registry.make_env(env_name)
+def compile_config(env_name: str, num_envs: int, chunk_steps: int, seed: int, env_kwargs: dict, label: str) -> Config:
+    """Build `env_name` with `env_kwargs`, compile ``chunk_steps`` vmapped steps of `num_envs` copies, warm up."""
+    env = registry.make_env(env_name, **env_kwargs)
     key_reset, key_actions = jax.random.split(jax.random.key(seed))
     states = jax.jit(jax.vmap(env.reset))(jax.random.split(key_reset, num_envs))
-    actions = jax.random.uniform(key_actions, (num_steps, num_envs, env.action_size), minval=-1.0, maxval=1.0)
+    actions = jax.random.uniform(key_actions, (chunk_steps, num_envs, env.action_size), minval=-1.0, maxval=1.0)
     step = jax.vmap(env.step)
 
     def rollout(states, actions):  # actions [T, N, A]
@@ -53,65 +71,97 @@ def measure(env_name: str, num_envs: int, num_steps: int, repeats: int, seed: in
 
     start = time.perf_counter()
     compiled = jax.jit(rollout).lower(states, actions).compile()
-    compile_seconds = time.perf_counter() - start
-    jax.block_until_ready(compiled(states, actions))  # warm-up: first-call allocations are not the env's cost
+    config = Config(label, num_envs, chunk_steps, compiled, states, actions, time.perf_counter() - start)
+    config.call()  # warm-up: first-call allocations are not the env's cost
+    return config
 
-    rates = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(compiled(states, actions))
-        rates.append(num_envs * num_steps / (time.perf_counter() - start))
-    return {"compile_seconds": compile_seconds, "median": statistics.median(rates), "best": max(rates)}
+
+def time_interleaved(configs: list[Config], seconds: float, min_calls: int) -> None:
+    """Rounds of one call per config (so load changes on a shared machine hit every variant alike) until
+    ``seconds`` per config have passed and every config has `min_calls` calls."""
+    deadline = time.perf_counter() + seconds * len(configs)
+    rounds = 0
+    while rounds < min_calls or time.perf_counter() < deadline:
+        for config in configs if rounds % 2 == 0 else configs[::-1]:
+            config.rates.append(config.call())
+        rounds += 1
 
 
 def machine_line() -> str:
     device = jax.devices()[0]
     cores_usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    load = " load_avg=%.1f" % os.getloadavg()[0] if hasattr(os, "getloadavg") else ""
     return (
         f"machine: processor={platform.processor() or platform.machine()!r} cpu_count={os.cpu_count()} "
-        f"usable_cores={cores_usable} | jax {jax.__version__} backend={jax.default_backend()} "
+        f"usable_cores={cores_usable}{load} | jax {jax.__version__} backend={jax.default_backend()} "
         f"device={device.device_kind!r} x{jax.device_count()}"
     )
 
 
+def _parse_pairs(text: str) -> list[int | None | str]:
+    values: list[int | None | str] = []
+    for part in (p.strip() for p in text.split(",") if p.strip()):
+        if part == "default":
+            values.append("default")
+        elif part == "none":
+            values.append(None)
+        elif part.isdigit() and int(part) > 0:
+            values.append(int(part))
+        else:
+            raise argparse.ArgumentTypeError(f"--max-geom-pairs entries are 'default', 'none' or a positive int, "
+                                             f"got {part!r}")
+    return values
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--families", default="point", help="comma-separated families, one representative each")
-    parser.add_argument("--envs", default="", help="comma-separated env names; replaces --families when given")
+    parser.add_argument("--envs", default=",".join(DEFAULT_ENVS), help="comma-separated registered env names")
     parser.add_argument("--num-envs", default="64,256,1024", help="comma-separated batch sizes N")
-    parser.add_argument("--steps", type=int, default=1000, help="env steps per env in one timed scan")
-    parser.add_argument("--repeats", type=int, default=3, help="timed runs per configuration (median reported)")
+    parser.add_argument("--chunk-steps", type=int, default=20, help="env steps per env in one compiled call")
+    parser.add_argument("--seconds", type=float, default=2.0, help="timed seconds per configuration")
+    parser.add_argument("--min-calls", type=int, default=3, help="timed calls per configuration at least")
+    parser.add_argument("--max-geom-pairs", type=_parse_pairs, default=["default"],
+                        help="contact culling values to sweep for ant/humanoid mazes: default,none,8,16,...")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    if args.steps <= 0 or args.repeats <= 0:
-        parser.error("--steps and --repeats must be positive")
+    if args.chunk_steps <= 0 or args.seconds < 0 or args.min_calls <= 0:
+        parser.error("--chunk-steps and --min-calls must be positive, --seconds non-negative")
+    args.env_names = [n for n in args.envs.split(",") if n]
+    for name in args.env_names:
+        try:
+            registry.get_entry(name)
+        except registry.UnknownEnvError as e:
+            parser.error(str(e))
+    args.batch_sizes = [int(n) for n in args.num_envs.split(",") if n]
     return args
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    if args.envs:
-        env_names = [n for n in args.envs.split(",") if n]
-        for name in env_names:
-            registry.get_entry(name)  # fail early with the list of known names
-    else:
-        env_names = [family_env(f) for f in args.families.split(",") if f]
-    batch_sizes = [int(n) for n in args.num_envs.split(",") if n]
-
     print(machine_line())
-    print(f"{args.steps} steps per env per timed run, median of {args.repeats} runs\n")
-    header = f"{'env':<22} {'family':<9} {'num_envs':>8} {'compile_s':>9} {'env_steps/s':>13} {'best':>13}"
+    print(f"{args.chunk_steps} steps per call, >= {args.seconds:g} s and >= {args.min_calls} calls per "
+          f"configuration; env steps/s = median over calls; maze culling variants timed in interleaved rounds\n")
+    header = (f"{'env':<20} {'family':<9} {'max_pairs':>9} {'num_envs':>8} {'compile_s':>9} {'calls':>5} "
+              f"{'env_steps/s':>12} {'best':>12} {'/first':>6}")
     print(header)
     print("-" * len(header))
-    for name in env_names:
-        family = registry.get_entry(name).family
-        for num_envs in batch_sizes:
-            result = measure(name, num_envs, args.steps, args.repeats, args.seed)
-            print(
-                f"{name:<22} {family:<9} {num_envs:>8} {result['compile_seconds']:>9.2f} "
-                f"{result['median']:>13,.0f} {result['best']:>13,.0f}",
-                flush=True,
-            )
+    started = time.perf_counter()
+    for name in args.env_names:
+        entry = registry.get_entry(name)
+        cullable = entry.family in CULLABLE_FAMILIES and dict(entry.kwargs).get("maze") is not None
+        variants = [{} if p == "default" else {"max_geom_pairs": p} for p in args.max_geom_pairs] if cullable else [{}]
+        for num_envs in args.batch_sizes:
+            configs = []
+            for kwargs in variants:
+                label = str(registry.make_env(name, **kwargs).max_geom_pairs).lower() if cullable else "-"
+                configs.append(compile_config(name, num_envs, args.chunk_steps, args.seed, kwargs, label))
+            time_interleaved(configs, args.seconds, args.min_calls)
+            first = statistics.median(configs[0].rates)
+            for c in configs:
+                median = statistics.median(c.rates)
+                print(f"{name:<20} {entry.family:<9} {c.label:>9} {num_envs:>8} {c.compile_seconds:>9.1f} "
+                      f"{len(c.rates):>5} {median:>12,.0f} {max(c.rates):>12,.0f} {median / first:>6.2f}", flush=True)
+    print(f"\ntotal {time.perf_counter() - started:.0f} s")
 
 
 if __name__ == "__main__":

@@ -1,5 +1,8 @@
 """Goal-conditioned Humanoid: the open `humanoid` task and the humanoid mazes (paper §4.3-§4.4), on brax `spring`.
 
+Everything shared with the ant (target body, maze walls, reset to 'R'/'G' cells, metrics, termination, the maze
+contact culling default) lives in `actors.envs.locomotion`; this module holds what is the humanoid's own.
+
 The model is brax's own ``humanoid.xml`` edited with `MjSpec` (`actors.envs.mjcf_build`): a target body at height
 1.25 m (two slide joints, a visual sphere of radius 0.5 m, 1 kg) that carries the commanded goal, and for mazes one
 2 x 2 x 1 m box per wall cell.
@@ -22,8 +25,8 @@ Start / goal distributions (no reset noise at all, as in the paper):
 Collisions in mazes (as in the paper's maze model): every humanoid geom gets contype 1, so every body part touches the
 walls (conaffinity 1) and the floor (conaffinity 1), not only the feet as in the open task. Walls are 1 m tall,
 low enough to climb or vault over. The walls raise the contact slots from 2 (open) to 551 (u_maze) and 1131
-(big_maze), about 60x slower per step on CPU; ``max_geom_pairs`` (opt-in) culls them, see
-`mjcf_build.set_max_geom_pairs`.
+(big_maze); maze models keep only the 16 nearest pairs per collision group by default, see
+`actors.envs.locomotion` and `mjcf_build.set_max_geom_pairs`.
 
 Reward (logging only): -dist + 5 (healthy) - 0.1 |scaled action|^2.
 """
@@ -31,134 +34,84 @@ Reward (logging only): -dist + 5 (healthy) - 0.1 |scaled action|^2.
 from __future__ import annotations
 
 import functools
+from typing import Literal
 
 import jax
 import jax.numpy as jnp
 from brax import actuator
 from brax import base as brax_base
 from brax.base import System
-from brax.envs.base import PipelineEnv, State
 
 from actors.envs import mjcf_build
-from actors.envs.base import GoalEnv, GoalSpec
-from actors.envs.mazes import get_layout
+from actors.envs.locomotion import BodyTask, MazeBodyEnv, build_system
 
-__all__ = ["HUMANOID_MAZE_LAYOUTS", "HumanoidGoalEnv", "humanoid_system", "make_humanoid"]
+__all__ = ["HUMANOID_MAZE_LAYOUTS", "HUMANOID_TASK", "HumanoidGoalEnv", "humanoid_system", "make_humanoid"]
 
-STATE_DIM = 268
+HUMANOID_MAZE_LAYOUTS = ("u_maze", "u_maze_eval", "big_maze", "humanoid_big_maze_eval")
+"""Layouts with a humanoid env; `humanoid_big_maze_eval` is the humanoid's own (slightly different) big-maze eval."""
+
 TARGET_Z_M = 1.25
-SUCCESS_THRESHOLD_M = 0.5
-SUCCESS_EASY_THRESHOLD_M = 2.0
-HEALTHY_Z_RANGE_M = (1.0, 2.0)
-TIMESTEP_S = 0.0015
-N_FRAMES = 10
+"""Fixed height of the commanded goal (and of the marker), about a standing torso's height."""
+HUMANOID_TASK = BodyTask(
+    family="humanoid",
+    asset="humanoid",
+    state_dim=268,
+    goal_dim=3,
+    success_threshold_m=0.5,
+    success_easy_threshold_m=2.0,
+    healthy_z_range_m=(1.0, 2.0),
+    timestep_s=0.0015,
+    n_frames=10,
+    target_height_m=TARGET_Z_M,
+    target_radius_m=0.5,
+    maze_cell_size_m=2.0,
+    maze_wall_height_m=1.0,  # MAZE_HEIGHT 0.5 x scaling 2.0
+    maze_layouts=HUMANOID_MAZE_LAYOUTS,
+)
 SPRING_GEARS = (350.0,) * 11 + (100.0,) * 6
 """Motor gears of brax's spring humanoid (the XML's own gears are for the other pipelines)."""
-MAZE_CELL_SIZE_M = 2.0
-MAZE_WALL_HEIGHT_M = 1.0
-"""MAZE_HEIGHT 0.5 x scaling 2.0."""
 OPEN_GOAL_RADIUS_RANGE_M = (1.0, 5.0)
 CTRL_COST_WEIGHT = 0.1
 HEALTHY_REWARD = 5.0
 
-HUMANOID_MAZE_LAYOUTS = ("u_maze", "u_maze_eval", "big_maze", "humanoid_big_maze_eval")
-"""Layouts with a humanoid env; `humanoid_big_maze_eval` is the humanoid's own (slightly different) big-maze eval."""
+
+def _every_part_touches_walls(spec) -> None:
+    # Read before the walls and the target exist, so only the humanoid's own geoms change.
+    mjcf_build.set_collision(spec, mjcf_build.robot_geom_names(spec), contype=1)
 
 
 @functools.lru_cache(maxsize=None)
 def humanoid_system(maze: str | None, max_geom_pairs: int | None = None) -> System:
     """The brax `System` for the open humanoid (``maze=None``) or a humanoid maze; built once per process per
-    arguments. `max_geom_pairs`: opt-in contact broad phase, see `mjcf_build.set_max_geom_pairs` (None = exact)."""
-    spec = mjcf_build.load_brax_asset("humanoid")
-    if maze is None:
-        mjcf_build.add_target(spec, height_m=TARGET_Z_M, radius_m=0.5, slide_range_m=20.0)
-    else:
-        layout = get_layout(maze, MAZE_CELL_SIZE_M)
-        # Robot geom names are read before walls and target exist, so only the humanoid's own geoms change.
-        mjcf_build.set_collision(spec, mjcf_build.robot_geom_names(spec), contype=1)
-        mjcf_build.set_floor_half_size(spec, 100.0)
-        mjcf_build.add_target(spec, height_m=TARGET_Z_M, radius_m=0.5, slide_range_m=100.0)
-        mjcf_build.add_maze_walls(spec, layout, height_m=MAZE_WALL_HEIGHT_M)
-    mjcf_build.set_max_geom_pairs(spec, max_geom_pairs)
-    sys = mjcf_build.to_brax_system(spec)
-    sys = sys.tree_replace({"opt.timestep": TIMESTEP_S})
+    arguments. `max_geom_pairs`: contact broad phase, see `mjcf_build.set_max_geom_pairs` (None = exact)."""
+    sys = build_system(HUMANOID_TASK, maze, max_geom_pairs, _every_part_touches_walls)
     return sys.replace(actuator=sys.actuator.replace(gear=jnp.array(SPRING_GEARS, dtype=jnp.float32)))
 
 
-class HumanoidGoalEnv(GoalEnv, PipelineEnv):
+class HumanoidGoalEnv(MazeBodyEnv):
     """Goal-conditioned brax Humanoid, open or in a maze; see the module docstring for every convention."""
 
-    def __init__(self, maze: str | None = None, *, episode_length: int = 1000, max_geom_pairs: int | None = None,
-                 backend: str = "spring") -> None:
-        """`maze`: a layout in `HUMANOID_MAZE_LAYOUTS` or None (open humanoid). `episode_length`: the truncation
-        length the wrapper should use, env steps. `max_geom_pairs`: opt-in contact culling for mazes (None = every
-        pair, as in the paper), see `mjcf_build.set_max_geom_pairs`."""
-        if backend != "spring":
-            raise ValueError(f"the humanoid envs run on brax's 'spring' pipeline only, got backend={backend!r}")
-        super().__init__(sys=humanoid_system(maze, max_geom_pairs), backend=backend, n_frames=N_FRAMES)
-        self._maze = maze
-        self._spec = GoalSpec(state_dim=STATE_DIM, goal_start=0, goal_end=3, success_threshold=SUCCESS_THRESHOLD_M,
-                              episode_length=episode_length)
-        self._target_link = self.sys.link_names.index(mjcf_build.TARGET_BODY)
-        if maze is not None:
-            layout = get_layout(maze, MAZE_CELL_SIZE_M)
-            self._start_xy = jnp.asarray(layout.cell_to_xy(layout.start_cells))  # [n_R, 2]
-            self._goal_xy = jnp.asarray(layout.cell_to_xy(layout.goal_cells))  # [n_G, 2]
+    TASK = HUMANOID_TASK
+    system = staticmethod(humanoid_system)
 
-    @property
-    def spec(self) -> GoalSpec:
-        return self._spec
+    def _initial_pose(self, key: jax.Array) -> tuple[jax.Array, jax.Array]:
+        del key  # no reset noise, as in the paper
+        return self.sys.init_q, jnp.zeros((self.sys.qd_size(),))
 
-    @property
-    def maze(self) -> str | None:
-        """Maze layout name, or None for the open humanoid."""
-        return self._maze
+    def _open_goal(self, key: jax.Array) -> jax.Array:
+        key_radius, key_angle = jax.random.split(key)
+        low, high = OPEN_GOAL_RADIUS_RANGE_M
+        radius = jax.random.uniform(key_radius, minval=low, maxval=high)
+        angle = 2.0 * jnp.pi * jax.random.uniform(key_angle)
+        return radius * jnp.stack([jnp.cos(angle), jnp.sin(angle)])
 
-    def reset(self, rng: jax.Array) -> State:
-        key_start, key_radius, key_goal = jax.random.split(rng, 3)
-        q = self.sys.init_q
-        qd = jnp.zeros((self.sys.qd_size(),))
-        if self._maze is None:
-            low, high = OPEN_GOAL_RADIUS_RANGE_M
-            radius = jax.random.uniform(key_radius, minval=low, maxval=high)
-            angle = 2.0 * jnp.pi * jax.random.uniform(key_goal)
-            goal_xy = radius * jnp.stack([jnp.cos(angle), jnp.sin(angle)])
-        else:
-            start_xy = self._start_xy[jax.random.randint(key_start, (), 0, self._start_xy.shape[0])]
-            q = q.at[:2].set(start_xy)
-            goal_xy = self._goal_xy[jax.random.randint(key_goal, (), 0, self._goal_xy.shape[0])]
-        return self.reset_to(q, qd, goal_xy)
-
-    def reset_to(self, q: jax.Array, qd: jax.Array, goal_xy: jax.Array) -> State:
-        """A state with robot ``q [26]`` / ``qd [25]`` (the last 2 dims, the target's, are overwritten) and commanded
-        ``goal_xy [2]``. `reset` draws these; tests and evaluators use it to place the humanoid exactly."""
-        q = q.at[-2:].set(goal_xy)
-        qd = qd.at[-2:].set(0.0)
-        pipeline_state = self.pipeline_init(q, qd)
-        zero = jnp.zeros((), jnp.float32)
-        metrics = {"dist": zero, "success": zero, "success_easy": zero}
-        obs = self._obs(pipeline_state, jnp.zeros((self.sys.act_size(),)))
-        return State(pipeline_state, obs, zero, zero, metrics)
-
-    def step(self, state: State, action: jax.Array) -> State:
+    def _ctrl(self, action: jax.Array) -> jax.Array:
         ctrl_low = self.sys.actuator.ctrl_range[:, 0]
         ctrl_high = self.sys.actuator.ctrl_range[:, 1]
-        ctrl = ctrl_low + (action + 1.0) * 0.5 * (ctrl_high - ctrl_low)
-        pipeline_state = self.pipeline_step(state.pipeline_state, ctrl)
-        obs = self._obs(pipeline_state, ctrl)
+        return ctrl_low + (action + 1.0) * 0.5 * (ctrl_high - ctrl_low)
 
-        torso_z = pipeline_state.x.pos[0, 2]
-        low, high = HEALTHY_Z_RANGE_M
-        healthy = (torso_z >= low) & (torso_z <= high)
-        dist = jnp.linalg.norm(self._spec.achieved_goal(obs) - self._spec.goal_of(obs))
-        reward = -dist + HEALTHY_REWARD - CTRL_COST_WEIGHT * jnp.sum(jnp.square(ctrl))
-        metrics = {
-            "dist": dist,
-            "success": (dist < SUCCESS_THRESHOLD_M).astype(jnp.float32),
-            "success_easy": (dist < SUCCESS_EASY_THRESHOLD_M).astype(jnp.float32),
-        }
-        return state.replace(pipeline_state=pipeline_state, obs=obs, reward=reward.astype(jnp.float32),
-                             done=1.0 - healthy.astype(jnp.float32), metrics=metrics)
+    def _reward(self, previous, pipeline_state, ctrl: jax.Array, dist: jax.Array) -> jax.Array:
+        return -dist + HEALTHY_REWARD - CTRL_COST_WEIGHT * jnp.sum(jnp.square(ctrl))
 
     def _obs(self, pipeline_state, ctrl: jax.Array) -> jax.Array:
         # brax's humanoid features: link inertias and velocities about the whole-body centre of mass, with the
@@ -176,16 +129,13 @@ class HumanoidGoalEnv(GoalEnv, PipelineEnv):
         xd_i = brax_base.Transform.create(pos=x_i.pos - pipeline_state.x.pos).vmap().do(pipeline_state.xd)
         com_velocity = jnp.hstack([inertia.mass[:, None] * xd_i.vel / mass_sum, xd_i.ang])  # [12, 6]
         torques = actuator.to_tau(self.sys, ctrl, pipeline_state.q, pipeline_state.qd)  # [25]
-        goal = jnp.concatenate([pipeline_state.x.pos[self._target_link, :2], jnp.array([TARGET_Z_M])])
+        goal = jnp.concatenate([self._target_xy(pipeline_state), jnp.array([TARGET_Z_M])])
         return jnp.concatenate([
             pipeline_state.q, pipeline_state.qd, com_inertia.ravel(), com_velocity.ravel(), torques, goal,
         ]).astype(jnp.float32)
 
 
 def make_humanoid(maze: str | None = None, episode_length: int = 1000,
-                  max_geom_pairs: int | None = None) -> HumanoidGoalEnv:
-    """Registry factory: the open humanoid (``maze=None``) or ``humanoid_<maze>``; arguments as in
-    `HumanoidGoalEnv`."""
-    if maze is not None and maze not in HUMANOID_MAZE_LAYOUTS:
-        raise ValueError(f"no humanoid env for maze {maze!r}; known: {', '.join(HUMANOID_MAZE_LAYOUTS)}")
+                  max_geom_pairs: int | None | Literal["default"] = "default") -> HumanoidGoalEnv:
+    """Registry factory: the open humanoid (``maze=None``) or ``humanoid_<maze>``; arguments as in `MazeBodyEnv`."""
     return HumanoidGoalEnv(maze, episode_length=episode_length, max_geom_pairs=max_geom_pairs)

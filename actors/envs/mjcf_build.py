@@ -16,6 +16,7 @@ Everything here runs once per model at env construction (numpy / MuJoCo on the h
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Iterable, Sequence
 
 import brax
@@ -195,16 +196,15 @@ def add_maze_walls(
 
 
 def set_max_geom_pairs(spec: mujoco.MjSpec, max_pairs: int | None) -> None:
-    """Opt-in broad phase: MJX (which brax uses for contacts) then keeps, per collision-function group (e.g. every
+    """Broad phase: MJX (which brax uses for contacts) then keeps, per collision-function group (e.g. every
     capsule-box pair), only the `max_pairs` pairs whose bounding spheres are closest, and drops the rest before the
     narrow phase. Planes are never culled. ``None`` keeps every pair (exact, what the paper's models do).
 
-    Why: maze walls multiply the candidate contacts (524 contact slots per substep in the ant big maze, 1131 in the
-    humanoid big maze, vs 4 and 2 in the open tasks), which made the spring step ~20x (ant) and ~70x (humanoid)
-    slower on a 2-core CPU. A robot touches only a few walls at a time, so a small budget of nearest pairs gives the
-    same contacts: with 16, wall-contact rollouts (ant and humanoid u_maze, 60 random-action steps after throws into
-    walls) matched the exact model to < 1e-3 m, at ~7x (ant) / ~20x (humanoid) the speed. It stops being exact only
-    when more pairs of one group touch at once than the budget allows.
+    Why: maze walls multiply the candidate contacts (264 contact slots per substep in the ant u_maze, 524 in the ant
+    big maze, 551 in the humanoid u_maze, vs 4 and 2 in the open tasks). A robot touches only a few walls at a time,
+    so a small budget of nearest pairs gives the same contacts at a fraction of the cost. The maze envs use 16 by
+    default (`actors.envs.locomotion.DEFAULT_MAZE_MAX_GEOM_PAIRS`, where the measurements behind that choice are).
+    It stops being exact only when more pairs of one group touch at once than the budget allows.
     """
     if max_pairs is None:
         return
@@ -223,4 +223,7 @@ def set_max_geom_pairs(spec: mujoco.MjSpec, max_pairs: int | None) -> None:
 
 def to_brax_system(spec: mujoco.MjSpec) -> System:
     """Compile the edited spec into a brax `System` (via XML so that brax fuses joint-less bodies itself)."""
-    return mjcf.loads(spec.to_xml())
+    with warnings.catch_warnings():
+        # brax warns on every load that it is unmaintained in favour of MJX; we pin brax and mean to use it.
+        warnings.filterwarnings("ignore", message="Brax System", category=UserWarning)
+        return mjcf.loads(spec.to_xml())

@@ -1,4 +1,5 @@
-"""Ant and Humanoid goal envs (actors/envs/ant.py, humanoid.py): compiles, obs layout, walls, success, termination.
+"""Ant and Humanoid goal envs (actors/envs/ant.py, humanoid.py, locomotion.py): compiles, obs layout, walls, success,
+termination, layouts, contact culling.
 
 brax `spring` compiles take tens of seconds on this machine, so each family is compiled once per module (fixtures
 below) with a fixed batch of B envs, and every test reuses those jitted functions. Python counters incremented while
@@ -21,6 +22,7 @@ import pytest
 from actors.envs import mazes, mjcf_build
 from actors.envs.ant import AntGoalEnv
 from actors.envs.humanoid import HumanoidGoalEnv
+from actors.envs.locomotion import DEFAULT_MAZE_MAX_GEOM_PAIRS
 from actors.envs.registry import env_names, get_entry, make_env
 
 B = 4
@@ -63,7 +65,7 @@ def _compile(env) -> Compiled:
 
 @pytest.fixture(scope="module")
 def ant() -> Compiled:
-    """`ant_u_maze`: the smallest ant maze, so walls are exercised too."""
+    """`ant_u_maze`: the smallest ant maze, so walls are exercised too (with the default contact culling)."""
     return _compile(make_env("ant_u_maze"))
 
 
@@ -290,6 +292,24 @@ def test_unedited_asset_round_trips_to_brax_own_system():
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-6, atol=1e-6)
 
 
+def test_maze_envs_expose_their_layout_and_open_envs_none():
+    env = make_env("ant_u_maze")
+    assert env.layout == mazes.get_layout("u_maze", 4.0)
+    assert make_env("humanoid_big_maze").layout == mazes.get_layout("big_maze", 2.0)
+    assert make_env("ant").layout is None and make_env("humanoid").layout is None
+    # The start cells the env resets to are the layout's 'R' cells in metres.
+    np.testing.assert_allclose(np.asarray(env._start_xy), env.layout.cell_to_xy(env.layout.start_cells))
+
+
+def test_unknown_maze_or_backend_is_refused():
+    with pytest.raises(ValueError, match="no ant env for maze 'arena'"):
+        AntGoalEnv("arena")  # a registered layout, but not one of the ant's
+    with pytest.raises(ValueError, match="no humanoid env for maze 'u4_maze'"):
+        make_env("humanoid_u_maze", maze="u4_maze")
+    with pytest.raises(ValueError, match="'spring' pipeline only"):
+        HumanoidGoalEnv(backend="generalized")
+
+
 def test_max_geom_pairs_culls_wall_contacts_by_the_expected_count():
     # ant_u_maze contact slots (18 walls; MJX capsule-box emits 2 contacts per pair, the others 1):
     #   sphere-box   5 (torso + 4 feet) x 18 = 90 pairs      -> culled to 16
@@ -298,24 +318,31 @@ def test_max_geom_pairs_culls_wall_contacts_by_the_expected_count():
     #   sphere-sphere 4 feet-torso + 6 foot-foot              -> 10 (fewer than 16: untouched)
     #   sphere-capsule 4 feet x 4 hip capsules                -> 16 (equal to 16: untouched)
     # exact: 90 + 144 + 4 + 10 + 16 = 264; culled: 16 + 32 + 4 + 10 + 16 = 78.
+    # Mazes cull to DEFAULT_MAZE_MAX_GEOM_PAIRS = 16 unless told otherwise; open envs never cull.
     from mujoco import mjx
 
-    assert mjx.make_data(make_env("ant_u_maze").sys).ncon == 264
+    assert mjx.make_data(make_env("ant_u_maze", max_geom_pairs=None).sys).ncon == 264
     assert mjx.make_data(make_env("ant_u_maze", max_geom_pairs=16).sys).ncon == 78
+    default = make_env("ant_u_maze")
+    assert default.max_geom_pairs == DEFAULT_MAZE_MAX_GEOM_PAIRS == 16
+    assert mjx.make_data(default.sys).ncon == 78
+    assert make_env("ant").max_geom_pairs is None and make_env("humanoid").max_geom_pairs is None
     with pytest.raises(ValueError):
         make_env("ant_u_maze", max_geom_pairs=0)
 
 
-@pytest.mark.slow  # compiles a second ant maze (~1 min)
+@pytest.mark.slow  # compiles the exact ant maze (~1-2 min)
 def test_culled_contacts_give_the_same_wall_collisions(ant):
-    culled = _compile(make_env("ant_u_maze", max_geom_pairs=16))
+    culled = ant  # the default: 16 pairs per collision group
+    assert culled.env.max_geom_pairs == 16
+    exact = _compile(make_env("ant_u_maze", max_geom_pairs=None))
     torso = np.array([[4.5, 4.0, 0.55], [4.0, 4.5, 0.55], [2.6, 2.6, 0.55], [5.4, 4.0, 0.55]])
     vel = np.array([[-10.0, 0.0, 0.0], [0.0, -10.0, 0.0], [-4.0, -4.0, 0.0], [8.0, 3.0, 0.0]])
     goal = np.tile([[12.0, 12.0]], (B, 1))
-    s_exact, s_culled = _placed(ant, torso, goal, vel), _placed(culled, torso, goal, vel)
+    s_exact, s_culled = _placed(exact, torso, goal, vel), _placed(culled, torso, goal, vel)
     actions = jax.random.uniform(jax.random.key(7), (30, B, 8), minval=-1.0, maxval=1.0)
     for a in actions:
-        s_exact, s_culled = ant.step(s_exact, a), culled.step(s_culled, a)
+        s_exact, s_culled = exact.step(s_exact, a), culled.step(s_culled, a)
     # Same contacts -> same trajectory up to float32 reassociation (measured: < 1e-3 m after 60 random steps).
     np.testing.assert_allclose(np.asarray(s_culled.obs[:, :3]), np.asarray(s_exact.obs[:, :3]), atol=5e-3)
 
