@@ -21,8 +21,24 @@ def pairwise_energy(phi: jax.Array, psi: jax.Array) -> jax.Array:
     """Logit matrix ``L[i, j] = -||φ_i - ψ_j||₂``: ``phi [B, R], psi [B, R] -> [B, B]``.
 
     Row i scores state-action i against every goal in the batch; the diagonal holds the positives.
+
+    Computed as ||a||² - 2 a·b + ||b||² with one ``[B, R] x [R, B]`` matmul instead of a ``[B, B, R]`` difference
+    tensor (critic loss forward + backward at B = 512, R = 64 on 2 CPU cores: 55 ms -> 2.6 ms, and no 64 MiB
+    temporary). Numerics:
+    - both sets are first shifted by one common point (their mean; distances do not depend on it, so it is outside
+      the gradient): the cancellation error of the expansion grows with the squared norms, not the distance;
+    - the matmul runs at full f32 precision (GPUs would otherwise use TF32 and lose the small distances);
+    - rounding can make a squared distance slightly negative: it is clamped at 0 before the square root;
+    - at distance 0 the square root has an infinite slope; the gradient there is set to 0 (the double `where`
+      keeps the unused branch finite), where the direct form gives NaN.
     """
-    return -jnp.sqrt(jnp.sum((phi[:, None, :] - psi[None, :, :]) ** 2, axis=-1))
+    centre = jax.lax.stop_gradient(0.5 * (jnp.mean(phi, axis=0) + jnp.mean(psi, axis=0)))  # [R]
+    a, b = phi - centre, psi - centre
+    cross = jnp.matmul(a, b.T, precision=jax.lax.Precision.HIGHEST)  # [B, B]
+    squared = jnp.sum(a * a, axis=-1)[:, None] - 2.0 * cross + jnp.sum(b * b, axis=-1)[None, :]
+    squared = jnp.maximum(squared, 0.0)
+    positive = squared > 0.0
+    return -jnp.where(positive, jnp.sqrt(jnp.where(positive, squared, 1.0)), 0.0)
 
 
 def critic_loss(logits: jax.Array, logsumexp_penalty: float) -> tuple[jax.Array, dict[str, jax.Array]]:

@@ -93,3 +93,55 @@ def test_alpha_loss_value_and_direction():
     assert grad > 0  # entropy above target: gradient descent lowers alpha
     _, grad_low = jax.value_and_grad(losses.alpha_loss)(jnp.log(2.0), jnp.array([5.0, 5.0]), -2.0)
     assert grad_low < 0  # entropy -5 below target -2: alpha grows
+
+
+def _pairwise_energy_by_definition(phi, psi):
+    """The direct form through a [B, B, R] difference tensor (what `pairwise_energy` computed before the matmul form)."""
+    return -jnp.sqrt(jnp.sum((phi[:, None, :] - psi[None, :, :]) ** 2, axis=-1))
+
+
+@pytest.mark.parametrize("use_jit", [False, True])
+@pytest.mark.parametrize(
+    "batch,repr_dim,offset,scale",
+    [(7, 3, 0.0, 1.0), (64, 16, 0.0, 0.01), (64, 64, 100.0, 1.0), (256, 64, -3.0, 10.0)],
+)
+def test_pairwise_energy_matches_direct_form_on_random_inputs(use_jit, batch, repr_dim, offset, scale):
+    # offset 100: squared norms ~1e5 against distances ~10; without the shift to a common centre the expansion
+    # ||a||² - 2ab + ||b||² would lose ~1e-2 in every squared distance to f32 cancellation.
+    rng = np.random.default_rng(batch + repr_dim)
+    phi = offset + scale * rng.standard_normal((batch, repr_dim))
+    psi = offset + scale * rng.standard_normal((batch, repr_dim))
+    expected = -np.sqrt(np.sum((phi[:, None, :] - psi[None, :, :]) ** 2, axis=-1))  # float64
+    got = maybe_jit(losses.pairwise_energy, use_jit)(jnp.asarray(phi, jnp.float32), jnp.asarray(psi, jnp.float32))
+    assert got.shape == (batch, batch)
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5 * scale)
+
+
+@pytest.mark.parametrize("use_jit", [False, True])
+def test_pairwise_energy_gradient_matches_direct_form(use_jit):
+    k_phi, k_psi, k_w = jax.random.split(jax.random.PRNGKey(4), 3)
+    phi = jax.random.normal(k_phi, (32, 8)) + 2.0
+    psi = jax.random.normal(k_psi, (32, 8))
+    weights = jax.random.normal(k_w, (32, 32))  # a generic cotangent, so every entry's gradient counts
+
+    def grads(fn):
+        return jax.grad(lambda p, q: jnp.sum(weights * fn(p, q)), argnums=(0, 1))(phi, psi)
+
+    got = maybe_jit(lambda: grads(losses.pairwise_energy), use_jit)()
+    want = grads(_pairwise_energy_by_definition)
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5)
+
+
+def test_pairwise_energy_is_zero_with_zero_gradient_at_coincident_points():
+    # PHI[0] == PSI[0]. d/dφ of Σ_ij L_ij, by hand (the zero-distance pair contributes 0, the subgradient chosen):
+    #   φ_0: -(φ_0 - ψ_1)/||φ_0 - ψ_1|| = -(0, -4)/4 = (0, 1)
+    #   φ_1: -(φ_1 - ψ_0)/5 - (φ_1 - ψ_1)/3 = -(3, 4)/5 - (3, 0)/3 = (-1.6, -0.8)
+    value = losses.pairwise_energy(PHI, PSI)
+    assert float(value[0, 0]) == 0.0
+    grad_phi, grad_psi = jax.grad(lambda p, q: jnp.sum(losses.pairwise_energy(p, q)), argnums=(0, 1))(PHI, PSI)
+    np.testing.assert_allclose(grad_phi, [[0.0, 1.0], [-1.6, -0.8]], atol=1e-6)
+    assert np.all(np.isfinite(grad_psi))
+    # The direct form has no usable gradient there, which is why the matmul form special-cases distance 0.
+    direct = jax.grad(lambda p: jnp.sum(_pairwise_energy_by_definition(p, PSI)))(PHI)
+    assert np.isnan(np.asarray(direct)).any()
