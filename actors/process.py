@@ -44,12 +44,13 @@ def run_actor(
     config: DecoupledConfig,
     run_dir: Path,
     actor_id: int,
-    write: Callable[[Window], float],
+    write: Callable[[Window], "float | None"],
     latest: LatestParams,
     stop_event: threading.Event,
 ) -> int:
     """Collect until this actor's share of the env-step budget. `write(window [E, T])` returns seconds spent blocked
-    by replay rate limiting. Returns the env steps collected."""
+    by replay rate limiting, or None when a stop came before the replay confirmed the windows (they are not counted,
+    so a resumed actor collects them again). Returns the env steps collected."""
     train_cfg = config.as_train_config()
     episode_length = train_cfg.episode_length()
     env = make_env(config.env.env, episode_length=episode_length)
@@ -92,8 +93,14 @@ def run_actor(
     rate_start, rate_steps, blocked = time.time(), env_steps, 0.0
     versions_seen = {version}
     i = 0
+    # One rollout ahead: the next rollout is dispatched (JAX runs it asynchronously) before this window is written,
+    # so the write and the param poll overlap it instead of following it (bench/actor_overhead.py). It acts with the
+    # params known at dispatch, one window batch older than without the overlap; each window records the version
+    # it was collected with. JAX runs queued work in order on CPU, and a device->host copy waits for everything
+    # queued before it, so every host copy of this window happens before the next rollout is queued.
+    pending = (collect(params, env_state, jax.random.fold_in(key, i + 1)), version)
     while env_steps < budget and not stop_event.is_set():
-        env_state, traj = collect(params, env_state, jax.random.fold_in(key, i + 1))
+        (env_state, traj), rollout_version = pending
         i += 1
         env_steps += num_envs * window_steps
         window = Window(
@@ -101,10 +108,17 @@ def run_actor(
             action=np.asarray(jnp.swapaxes(traj.action, 0, 1)),
             traj_id=np.asarray(jnp.swapaxes(traj.traj_id, 0, 1)),
             actor_id=np.full((num_envs,), actor_id, np.int32),
-            param_version=np.full((num_envs,), version, np.int64),
+            param_version=np.full((num_envs,), rollout_version, np.int64),
             env_steps=np.full((num_envs,), env_steps, np.int64),
         )
-        blocked += write(window)
+        success_rate = float(np.mean(np.asarray(traj.success)))
+        if env_steps < budget:
+            pending = (collect(params, env_state, jax.random.fold_in(key, i + 1)), version)
+        seconds = write(window)
+        if seconds is None:
+            env_steps -= num_envs * window_steps
+            break
+        blocked += seconds
         if coverage is not None:
             coverage.add(np.asarray(env.spec.achieved_goal(window.obs[..., : env.spec.state_dim]))[..., :2])
             if time.time() - last_coverage_save > COVERAGE_SAVE_EVERY_SECONDS:
@@ -119,7 +133,7 @@ def run_actor(
             {
                 "env_steps_per_second": (env_steps - rate_steps) / elapsed,
                 "blocked_seconds": blocked,
-                "success_rate": float(jnp.mean(traj.success)),
+                "success_rate": success_rate,
                 "distinct_param_versions": len(versions_seen),
             },
             env_steps=env_steps, grad_steps=version, param_version=version,
@@ -167,18 +181,25 @@ def run_evaluator(
     # not only the `final` flag, marks the params to evaluate last.
     target_grad_steps = plan_for(config).target_grad_steps
     version, last_eval_env_steps, evaluations = -1, -(10**12), 0
+    resets = 0  # times the learner's params went back to an older version (it restarted from a checkpoint)
     while not stop_event.is_set():
         fetched = latest(learner, template, version)
         if fetched is None:
             time.sleep(poll_seconds)
             continue
+        previous = version
         version, params, meta = fetched
+        if version < previous:
+            resets += 1
+            print(f"[{role}] params of {learner} went back from version {previous} to {version}: the learner resumed "
+                  "from its last checkpoint (or the replay server from an older copy)", file=sys.stderr, flush=True)
         env_steps = int(meta.get("env_steps", 0))
         final = bool(meta.get("final", False)) or version >= target_grad_steps
         if not final and env_steps - last_eval_env_steps < config.eval.eval_every_env_steps:
             continue
         metrics = {k: float(v) for k, v in run_eval(params, jax.random.fold_in(root, env_steps)).items()}
-        log.log(metrics, env_steps=env_steps, grad_steps=version, param_version=version)
+        log.log({**metrics, "param_version_resets": resets}, env_steps=env_steps, grad_steps=version,
+                param_version=version)
         last_eval_env_steps, evaluations = env_steps, evaluations + 1
         print(f"[{role}] env_steps {env_steps:,} version {version} time_at_goal {metrics['time_at_goal']:.1f}",
               file=sys.stderr, flush=True)

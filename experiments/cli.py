@@ -171,12 +171,13 @@ def _launch(config, run_dir: Path) -> int:
         except KeyboardInterrupt:
             return 130
         return 0
-    from experiments.launcher import build_roles, pick_free_port, supervise
+    from experiments.config import check_address
+    from experiments.launcher import build_roles, exposure_warning, pick_free_port, supervise
 
     if config.runtime.replay_address is not None:
         address, port = config.runtime.replay_address, None
-        print(f"depthrl run: using replay server {address}; Reverb has no authentication, keep it on a private "
-              "network", file=sys.stderr)
+        print(f"depthrl run: using the replay server at {address}", file=sys.stderr)
+        print(exposure_warning(*check_address(address, "replay_address")), file=sys.stderr, flush=True)
     else:
         port = config.runtime.replay_port or pick_free_port()
         address = f"127.0.0.1:{port}"
@@ -198,9 +199,39 @@ def cmd_resume(argv: list[str]) -> int:
         config = load_run_config(args.run_dir)
         config.validate()
         _check_port(config)
+        from experiments.roles import check_resume_state
+
+        check_resume_state(args.run_dir, config)
     except (ConfigError, RunDirError) as e:
         return _fail(str(e))
     return _launch(config, args.run_dir)
+
+
+def _run_role(role: str, run: Callable[[], int]) -> int:
+    """Run a role to its end and exit the process (see `_exit_role`). An exception ends the role with exit code 1
+    and its traceback in the log; a failed write to the run directory (disk full, not writable) with a plain message
+    and `EXIT_RUN_DIR_UNWRITABLE`, which the launcher names even if this message cannot be written either."""
+    import traceback
+
+    from experiments.runs import EXIT_RUN_DIR_UNWRITABLE, is_disk_error
+
+    try:
+        code = run()
+    except Exception as e:  # noqa: BLE001 (the role ends here either way; say why)
+        if is_disk_error(e):
+            code = EXIT_RUN_DIR_UNWRITABLE
+            message = (f"depthrl {role}: error: cannot write to the run directory: {e}\n"
+                       "The disk is full or the run directory is not writable. Checkpoints already written are intact "
+                       "(each is written to a temporary name and renamed when complete); free space or fix "
+                       "permissions, then continue with `depthrl resume RUN_DIR`.")
+        else:
+            code = 1
+            message = traceback.format_exc()
+        try:
+            print(message, file=sys.stderr, flush=True)
+        except OSError:
+            pass  # stderr is a log file on the same full disk
+    return _exit_role(code)
 
 
 def _exit_role(code: int) -> int:
@@ -210,8 +241,11 @@ def _exit_role(code: int) -> int:
     destroys that thread and aborts ("terminate called without an active exception", exit -6), which the launcher
     would count as a crash. Nothing is left to flush at this point, so skip interpreter teardown.
     """
-    sys.stdout.flush()
-    sys.stderr.flush()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except OSError:
+            pass
     os._exit(code)
 
 
@@ -223,28 +257,52 @@ def _role_parser(prog: str):
     return parser
 
 
-def _load_role_dir(run_dir: Path) -> int:
+def _load_role_config(run_dir: Path):
+    """The run's config for a role command, or a message for `_fail` (exit 2, nothing started)."""
+    from experiments.roles import load_run_config
     from experiments.runs import RunDirError, check_run_dir
 
     try:
         check_run_dir(run_dir, resume=True, overwrite=False)
+        return load_run_config(run_dir), ""
     except RunDirError as e:
-        return _fail(str(e))
-    return 0
+        return None, str(e)
+
+
+def _check_replay_arg(address: str) -> str:
+    """'' when --replay is usable; warns (stderr) when it points off this host. Returns the error text otherwise."""
+    from experiments.config import check_address
+    from experiments.launcher import exposure_warning, is_loopback
+    from learners.networks import ConfigError
+
+    try:
+        host, port = check_address(address, "--replay")
+    except ConfigError as e:
+        return str(e)
+    if not is_loopback(host):
+        print(exposure_warning(host, port), file=sys.stderr, flush=True)
+    return ""
 
 
 def cmd_replay(argv: list[str]) -> int:
     parser = _role_parser("replay")
     parser.add_argument("--port", type=int, required=True)
     args = parser.parse_args(argv)
-    if _load_role_dir(args.run_dir):
-        return 2
-    from experiments.launcher import port_is_free
+    config, error = _load_role_config(args.run_dir)
+    if config is None:
+        return _fail(error)
+    from experiments.launcher import LAUNCHER_PID_ENV, port_is_free
     from experiments.roles import run_replay
 
+    if not 0 < args.port <= 65535:
+        return _fail(f"--port must be in 1..65535, got {args.port}")
     if not port_is_free(args.port):
-        return _fail(f"port {args.port} is already in use")
-    return _exit_role(run_replay(args.run_dir, args.port))
+        return _fail(f"--port {args.port} is already in use; pick a free port")
+    if LAUNCHER_PID_ENV not in os.environ:  # started by hand, typically for other hosts
+        print(f"WARNING: the replay server listens on all interfaces, port {args.port}, with no authentication and no "
+              f"TLS: anyone who can reach port {args.port} can read and write replay data and params. Keep it inside a "
+              "private network.", file=sys.stderr, flush=True)
+    return _run_role("replay", lambda: run_replay(args.run_dir, args.port))
 
 
 def cmd_learner(argv: list[str]) -> int:
@@ -252,11 +310,18 @@ def cmd_learner(argv: list[str]) -> int:
     parser.add_argument("--replay", required=True, help="HOST:PORT of the replay server")
     parser.add_argument("--learners", required=True, help="comma-separated learner names, e.g. collector")
     args = parser.parse_args(argv)
-    if _load_role_dir(args.run_dir):
-        return 2
+    config, error = _load_role_config(args.run_dir)
+    if config is None:
+        return _fail(error)
+    names = tuple(n for n in args.learners.split(",") if n)
+    known = config.runtime.learner_names()
+    if not names or set(names) - set(known) or len(set(names)) != len(names):
+        return _fail(f"--learners must list distinct learners of this run ({', '.join(known)}), got {args.learners!r}")
+    if error := _check_replay_arg(args.replay):
+        return _fail(error)
     from experiments.roles import run_learner_role
 
-    return _exit_role(run_learner_role(args.run_dir, args.replay, tuple(n for n in args.learners.split(",") if n)))
+    return _run_role("learner", lambda: run_learner_role(args.run_dir, args.replay, names))
 
 
 def cmd_actor(argv: list[str]) -> int:
@@ -264,11 +329,17 @@ def cmd_actor(argv: list[str]) -> int:
     parser.add_argument("--replay", required=True, help="HOST:PORT of the replay server")
     parser.add_argument("--actor-id", type=int, required=True)
     args = parser.parse_args(argv)
-    if _load_role_dir(args.run_dir):
-        return 2
+    config, error = _load_role_config(args.run_dir)
+    if config is None:
+        return _fail(error)
+    if not 0 <= args.actor_id < config.runtime.actors:
+        return _fail(f"--actor-id must be in 0..{config.runtime.actors - 1} (this run has {config.runtime.actors} "
+                     f"actors), got {args.actor_id}")
+    if error := _check_replay_arg(args.replay):
+        return _fail(error)
     from experiments.roles import run_actor_role
 
-    return _exit_role(run_actor_role(args.run_dir, args.replay, args.actor_id))
+    return _run_role("actor", lambda: run_actor_role(args.run_dir, args.replay, args.actor_id))
 
 
 def cmd_evaluator(argv: list[str]) -> int:
@@ -276,11 +347,17 @@ def cmd_evaluator(argv: list[str]) -> int:
     parser.add_argument("--replay", required=True, help="HOST:PORT of the replay server")
     parser.add_argument("--learner", required=True, help="learner name, e.g. collector or learner_d4")
     args = parser.parse_args(argv)
-    if _load_role_dir(args.run_dir):
-        return 2
+    config, error = _load_role_config(args.run_dir)
+    if config is None:
+        return _fail(error)
+    if args.learner not in config.runtime.learner_names():
+        return _fail(f"--learner must be one of this run's learners ({', '.join(config.runtime.learner_names())}), "
+                     f"got {args.learner!r}")
+    if error := _check_replay_arg(args.replay):
+        return _fail(error)
     from experiments.roles import run_evaluator_role
 
-    return _exit_role(run_evaluator_role(args.run_dir, args.replay, args.learner))
+    return _run_role("evaluator", lambda: run_evaluator_role(args.run_dir, args.replay, args.learner))
 
 
 def _delegate(target: str) -> Callable[[list[str]], int]:
@@ -318,7 +395,10 @@ def main(argv: list[str] | None = None) -> int:
     command = COMMANDS.get(argv[0])
     if command is None:
         return _fail(f"unknown command {argv[0]!r}; commands: {', '.join(COMMANDS)}")
-    return command(argv[1:])
+    try:
+        return command(argv[1:])
+    except SystemExit as e:  # argparse/tyro report bad arguments (code 2) and --help (0) this way
+        return e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
 
 
 if __name__ == "__main__":

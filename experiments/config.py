@@ -176,8 +176,9 @@ class TrainConfig:
                 f"(window_steps x num_envs = {window} x {s.num_envs} = {available} transitions)"
             )
         e = self.eval
-        if e.num_eval_envs <= 0 or e.eval_every_env_steps <= 0:
-            raise ConfigError("num_eval_envs and eval_every_env_steps must be positive")
+        for name in ("num_eval_envs", "eval_every_env_steps"):
+            if getattr(e, name) <= 0:
+                raise ConfigError(f"{name} must be a positive integer, got {getattr(e, name)}")
         if self.run.checkpoint_every_seconds <= 0:
             raise ConfigError(f"checkpoint_every_seconds must be positive, got {self.run.checkpoint_every_seconds}")
         if self.run.resume and self.run.overwrite:
@@ -231,7 +232,10 @@ class RuntimeConfig:
     """Bound on every blocking replay call (sample, flush, param fetch); a role that waits longer reports the stall
     and retries instead of hanging silently."""
     max_restarts: int = 3
-    """Times the launcher restarts a crashed role before stopping the run."""
+    """Times the launcher restarts a crashed role (each role counted on its own, with a backoff of 1, 2, 4, ... up to
+    10 s between attempts) before it stops the run and shows the role's last error."""
+    progress_every_seconds: float = 10.0
+    """Seconds between the launcher's progress tables on stderr (unless --quiet)."""
     devices: Optional[str] = None
     """Device placement per role, e.g. 'learner_d16=0,collector=1,*=cpu'; sets CUDA_VISIBLE_DEVICES per process.
     None leaves every role on the default device (CPU here)."""
@@ -274,16 +278,22 @@ class DecoupledConfig:
 
     def validate(self) -> None:
         r = self.runtime
-        for name, depth in [("collector_depth", r.collector_depth)] + [("learner_depths", d) for d in r.learner_depths]:
+        if r.collector_depth < 4 or r.collector_depth % 4:
+            raise ConfigError(
+                f"collector_depth must be a positive multiple of 4 (4, 8, ..., 1024), got {r.collector_depth}")
+        for depth in r.learner_depths:
             if depth < 4 or depth % 4:
-                raise ConfigError(f"{name} must hold positive multiples of 4 (4, 8, ..., 1024), got {depth}")
+                raise ConfigError(f"learner_depths must hold positive multiples of 4 (4, 8, ..., 1024), got {depth} "
+                                  f"in {list(r.learner_depths)}")
         if (self.agent.actor_depth, self.agent.critic_depth) != (CRLConfig.actor_depth, CRLConfig.critic_depth):
             raise ConfigError("actor_depth/critic_depth are set per role in a run: use --collector-depth and "
                               "--learner-depths")
         if not r.learner_depths:
-            raise ConfigError("learner_depths must name at least one passive learner depth, e.g. --learner-depths 16,4")
+            raise ConfigError("learner_depths must name at least one passive learner depth (positive multiples of 4), "
+                              "e.g. --learner-depths 16,4")
         if len(set(r.learner_depths)) != len(r.learner_depths):
-            raise ConfigError(f"learner_depths must not repeat a depth, got {list(r.learner_depths)}")
+            raise ConfigError(f"learner_depths must not repeat a depth (each depth is one learner), got "
+                              f"{list(r.learner_depths)}")
         if r.actors <= 0:
             raise ConfigError(f"actors must be a positive integer, got {r.actors}")
         if self.schedule.num_envs % r.actors:
@@ -295,14 +305,48 @@ class DecoupledConfig:
                 f"slow_learner_policy must be 'throttle_actors' or 'fall_behind', got {r.slow_learner_policy!r}"
             )
         if not 0 <= r.replay_port <= 65535:
-            raise ConfigError(f"replay_port must be in 0..65535, got {r.replay_port}")
-        for name in ("param_publish_every_grad_steps", "replay_checkpoint_every_seconds", "rpc_timeout_seconds"):
-            if getattr(r, name) <= 0:
-                raise ConfigError(f"{name} must be positive, got {getattr(r, name)}")
+            raise ConfigError(f"replay_port must be in 0..65535 (0 picks a free port), got {r.replay_port}")
+        if r.replay_address is not None:
+            check_address(r.replay_address, "replay_address")
+        for name in ("param_publish_every_grad_steps", "replay_checkpoint_every_seconds", "rpc_timeout_seconds",
+                     "progress_every_seconds"):
+            value = getattr(r, name)
+            if not value > 0 or not math.isfinite(value):
+                raise ConfigError(f"{name} must be a positive number, got {value}")
         if r.max_restarts < 0:
             raise ConfigError(f"max_restarts must be >= 0, got {r.max_restarts}")
         if r.gpu_memory_fraction is not None and not 0 < r.gpu_memory_fraction <= 1:
             raise ConfigError(f"gpu_memory_fraction must be in (0, 1], got {r.gpu_memory_fraction}")
+        if r.devices is not None:
+            parse_devices(r.devices, r)
         self.as_train_config().validate()
         for name in r.learner_names():
             self.agent_config(name).validate(name)
+
+
+def check_address(address: str, field: str) -> tuple[str, int]:
+    """`(host, port)` of a HOST:PORT string, or ConfigError naming `field`."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) <= 65535:
+        raise ConfigError(f"{field} must be HOST:PORT with a port in 1..65535, e.g. 10.0.0.5:8000; got {address!r}")
+    return host.strip("[]"), int(port)
+
+
+def parse_devices(devices: str, runtime: RuntimeConfig) -> dict[str, str]:
+    """`--devices 'collector=0,learner_d16=1,actor=cpu,*=cpu'` as {role or family: device}, or ConfigError.
+
+    Keys: a learner name, `eval_<learner>`, `actor_<i>`, the families `actor`/`replay`, or `*`; values: `cpu` or a GPU
+    index (what CUDA_VISIBLE_DEVICES takes)."""
+    learners = runtime.learner_names()
+    keys = {"*", "actor", "replay", *learners, *(f"eval_{n}" for n in learners),
+            *(f"actor_{i}" for i in range(runtime.actors))}
+    mapping: dict[str, str] = {}
+    for item in devices.split(","):
+        key, sep, device = item.strip().partition("=")
+        if not sep or key not in keys or not (device == "cpu" or device.isdigit()):
+            raise ConfigError(
+                f"devices entries must be ROLE=DEVICE with ROLE one of {sorted(keys)} and DEVICE 'cpu' or a GPU "
+                f"index, e.g. 'collector=0,*=cpu'; got {item.strip()!r}"
+            )
+        mapping[key] = device
+    return mapping

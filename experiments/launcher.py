@@ -4,13 +4,20 @@ Roles (each is also a standalone subcommand that takes a replay address, so they
 replay server, learner(s), one evaluator per learner, N actors. Processes are started with exec (subprocess), never
 fork: JAX and gRPC deadlock after fork. Each role writes its own log file under ``logs/``.
 
+Faults: a role that exits with an error (or is killed) is restarted after a backoff (1, 2, 4, ... up to 10 s), at most
+`--max-restarts` times per role; learners resume from their orbax checkpoints, the replay server from its Reverb
+checkpoint, actors from the env steps in their metrics. A role that keeps failing stops the whole run with its last
+error. The launcher never sleeps through a backoff: it keeps watching the other roles and the signals.
+
 Shutdown: Ctrl-C or SIGTERM to the launcher sends SIGTERM to every child; roles checkpoint and exit; stragglers get
-SIGKILL after `SHUTDOWN_GRACE_SECONDS`. The run can then be continued with `depthrl resume RUN_DIR`.
+SIGKILL after `SHUTDOWN_GRACE_SECONDS`. The run can then be continued with `depthrl resume RUN_DIR`. Children also
+stop on their own when the launcher dies (they watch their parent), so a `kill -9` of the launcher leaves no orphans.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import signal
 import socket
@@ -19,21 +26,48 @@ import sys
 import time
 from pathlib import Path
 
-from experiments.config import COLLECTOR, DecoupledConfig
+from experiments.config import DecoupledConfig, parse_devices
 from experiments.metrics import read_jsonl
+from experiments.runs import EXIT_RUN_DIR_UNWRITABLE
 
-SHUTDOWN_GRACE_SECONDS = 10.0
-PROGRESS_EVERY_SECONDS = 10.0
+SHUTDOWN_GRACE_SECONDS = 9.0
+"""SIGTERM to SIGKILL for the slowest child: with the launcher's own overhead every child is gone within 10 s."""
+RESTART_BACKOFF_SECONDS = (1.0, 10.0)
+"""First delay before restarting a crashed role and its cap; the delay doubles with each restart of that role."""
+LAUNCHER_PID_ENV = "DEPTHRL_LAUNCHER_PID"
+"""Set in every child's environment: the role stops when its parent is no longer this pid (the launcher died)."""
 
 
 def port_is_free(port: int, host: str = "") -> bool:
-    """True when nothing listens on `port` (Reverb binds all interfaces, so check those)."""
+    """True when nothing listens on `port` (Reverb binds all interfaces, so check those).
+
+    SO_REUSEADDR, as gRPC itself sets it: connections of a server that just died linger in TIME_WAIT on its port for
+    a minute; they must not make a restarted replay server refuse the port. A live listener still makes bind fail."""
     with socket.socket(socket.AF_INET6 if socket.has_ipv6 else socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
         except OSError:
             return False
     return True
+
+
+def is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def exposure_warning(host: str, port: int) -> str:
+    """The security note of multi-host mode (Reverb speaks gRPC without authentication or TLS)."""
+    return (f"WARNING: multi-host mode: the replay server {host}:{port} accepts unauthenticated, unencrypted gRPC "
+            f"from anyone who can reach port {port} (read and write replay data and params). Keep port {port} inside "
+            "a private network or behind a firewall.")
 
 
 def pick_free_port() -> int:
@@ -52,6 +86,10 @@ class Role:
     restarts: int = 0
     done: bool = False
     last_error: str = ""
+    last_exit: str = ""
+    """How the last attempt ended, in words (e.g. 'was killed by SIGKILL')."""
+    restart_at: float | None = None
+    """time.monotonic() at which a crashed role is started again; None while it runs (or is done)."""
 
     def start(self) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -79,12 +117,35 @@ class Role:
             return ""
 
 
+def describe_exit(code: int) -> str:
+    if code < 0:
+        try:
+            return f"was killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"was killed by signal {-code}"
+    if code == EXIT_RUN_DIR_UNWRITABLE:
+        return f"could not write to the run directory (exit {code}: disk full or not writable)"
+    return f"exited with code {code}"
+
+
+def last_error_line(output: str) -> str:
+    """The last line of a role's output that names an exception ("ValueError: ...") or a depthrl error."""
+    import re
+
+    pattern = re.compile(r"^([A-Za-z_][\w.]*(Error|Exception|Timeout|Mismatch|Interrupt)\b.*|depthrl .*error.*)$")
+    for line in reversed(output.splitlines()):
+        if pattern.match(line.strip()):
+            return line.strip()
+    return ""
+
+
 def _role_env(config: DecoupledConfig, role: str) -> dict[str, str]:
     env = dict(os.environ)
     env.setdefault("PYTHONUNBUFFERED", "1")
+    env[LAUNCHER_PID_ENV] = str(os.getpid())
     r = config.runtime
     if r.devices:
-        mapping = dict(item.split("=", 1) for item in r.devices.split(","))
+        mapping = parse_devices(r.devices, r)
         family = "actor" if role.startswith("actor_") else role.removeprefix("eval_")
         device = mapping.get(role, mapping.get(family, mapping.get("*")))
         if device is not None:
@@ -124,10 +185,24 @@ def build_roles(config: DecoupledConfig, run_dir: Path, replay_address: str, rep
     return roles
 
 
-def progress_table(run_dir: Path, config: DecoupledConfig) -> str:
-    """One line per role from the tails of the metrics files: env steps, grad steps, latest eval, lag, replay size."""
+STALE_AFTER_SECONDS = 30.0
+"""A role whose metrics file has not grown for this long is flagged in the progress table (a stall, not a crash)."""
+
+
+def _launcher_role(roles: list[Role], metrics_role: str) -> Role | None:
+    for role in roles:
+        if role.name == metrics_role or (role.name.startswith("learner:")
+                                         and metrics_role in role.name.removeprefix("learner:").split("+")):
+            return role
+    return None
+
+
+def progress_table(run_dir: Path, config: DecoupledConfig, roles: list[Role] | None = None) -> str:
+    """One line per role from the tails of the metrics files: env steps, grad steps, latest eval, lag, replay size,
+    the time a learner waited for data and the rate-limiter stall counters, restarts, and a STALLED / DOWN flag."""
     metrics = run_dir / "metrics"
     lines = []
+    now = time.time()
     for path in sorted(metrics.glob("*.jsonl")):
         rows, _ = read_jsonl(path)
         if not rows:
@@ -139,74 +214,122 @@ def progress_table(run_dir: Path, config: DecoupledConfig) -> str:
             ("critic_accuracy", "acc", "{:.2f}"), ("update_to_data", "utd", "{:.4f}"),
             ("policy_lag", "lag", "{:.0f}"), ("env_steps_per_second", "env/s", "{:,.0f}"),
             ("blocked_seconds", "blocked_s", "{:.1f}"), ("distinct_param_versions", "versions", "{:.0f}"),
-            ("table_size", "replay_items", "{:.0f}"),
+            ("table_size", "replay_items", "{:.0f}"), ("sample_wait_seconds", "wait_data_s", "{:.1f}"),
+            # Reverb's table-worker stall counters (cumulative): this learner waiting for inserts, and this learner's
+            # limiter holding back the actors.
+            ("samples_blocked_ms", "limiter_blocked_samples_s", "{:.0f}"),
+            ("inserts_blocked_ms", "limiter_blocked_inserts_s", "{:.0f}"),
+            ("grad_steps_short_of_target", "SHORT_OF_TARGET", "{:.0f}"),
         ):
             value = last.get(f"{role}/{key}")
             if value is not None:
-                parts.append(f"{label} " + fmt.format(value))
+                parts.append(f"{label} " + fmt.format(value / 1000 if key.endswith("_ms") else value))
+        if last.get(f"{role}/limiter_blocks_inserts"):
+            parts.append("BLOCKING ACTORS (this learner is behind its update-to-data ratio)")
+        if role == "replay":
+            for table in config.runtime.learner_names():
+                size = last.get(f"replay/{table}/size")
+                if size is not None:
+                    samples_wait = last.get(f"replay/{table}/worker_waiting_for_inserts_ms", 0) / 1000
+                    inserts_wait = last.get(f"replay/{table}/worker_waiting_for_sampling_ms", 0) / 1000
+                    parts.append(f"{table}: size {size:.0f} samples_wait_s {samples_wait:.0f} "
+                                 f"inserts_wait_s {inserts_wait:.0f}")
+        launched = _launcher_role(roles or [], role)
+        if launched is not None and launched.restarts:
+            parts.append(f"restarts {launched.restarts}")
+        if launched is not None and launched.restart_at is not None:
+            in_seconds = max(launched.restart_at - time.monotonic(), 0)
+            parts.append(f"DOWN ({launched.last_exit}; restart in {in_seconds:.0f} s)")
+        elif not (launched is not None and launched.done) and not role.startswith("eval_"):  # evaluators idle by design
+            try:
+                age = now - path.stat().st_mtime
+            except OSError:
+                age = 0.0
+            if age > STALE_AFTER_SECONDS:
+                parts.append(f"STALLED: no row for {age:.0f} s")
         lines.append("  ".join(parts))
     return "\n".join(lines)
 
 
 def supervise(config: DecoupledConfig, run_dir: Path, roles: list[Role], quiet: bool = False) -> int:
-    """Run until every learner and evaluator has finished; restart crashed roles (bounded); stop on a signal."""
+    """Run until every learner and evaluator has finished; restart crashed roles (bounded, with backoff, without
+    blocking the loop); stop on a signal. Exit code 0 done, 1 a role failed too often, 130 stopped by a signal."""
     stopping = {"signal": 0}
 
     def on_signal(signum, frame):
         stopping["signal"] = signum
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
-    for role in roles:
-        role.start()
-    if config.runtime.replay_address is not None or any(r.name == "replay" for r in roles):
-        addr_note = [r for r in roles if r.name == "replay"]
-        if addr_note:
-            print(f"replay server listening on all interfaces (no auth): {addr_note[0].argv[-1]}", file=sys.stderr)
     failed = ""
-    last_progress = 0.0
+    last_progress = time.monotonic()
+    max_restarts = config.runtime.max_restarts
     try:
+        for role in roles:
+            role.start()
+        replay = [r for r in roles if r.name == "replay"]
+        if replay:
+            port = replay[0].argv[replay[0].argv.index("--port") + 1]
+            print(f"depthrl run: replay server on port {port}, listening on all interfaces without authentication "
+                  "(single host: other machines that can reach this port can read and write replay data)",
+                  file=sys.stderr, flush=True)
         while not stopping["signal"]:
-            time.sleep(0.5)
+            time.sleep(0.2)
+            now = time.monotonic()
             for role in roles:
+                if role.done:
+                    continue
+                if role.restart_at is not None:
+                    if now >= role.restart_at:
+                        role.restart_at = None
+                        role.start()
+                    continue
                 code = role.poll()
-                if code is None or role.done:
+                if code is None:
                     continue
                 if code == 0:
                     role.done = True
                     continue
                 role.last_error = role.tail()
-                if role.restarts >= config.runtime.max_restarts:
-                    failed = (f"role {role.name} failed {role.restarts + 1} times (exit {code}); last output:\n"
-                              f"{role.last_error}")
+                role.last_exit = describe_exit(code)
+                if role.restarts >= max_restarts:
+                    error = last_error_line(role.last_error)
+                    failed = (f"role {role.name} failed {role.restarts + 1} times, the last time it {role.last_exit}; "
+                              f"giving up (--max-restarts {max_restarts})."
+                              + (f"\nlast error: {error}" if error else "")
+                              + f"\nlast output ({role.log_path}):\n{role.last_error}")
                     break
                 role.restarts += 1
-                print(f"role {role.name} exited with {code}; restart {role.restarts}/{config.runtime.max_restarts}",
-                      file=sys.stderr, flush=True)
-                time.sleep(min(2.0**role.restarts, 10.0))
-                role.start()
+                delay = min(RESTART_BACKOFF_SECONDS[0] * 2 ** (role.restarts - 1), RESTART_BACKOFF_SECONDS[1])
+                print(f"depthrl run: role {role.name} {role.last_exit}; restart {role.restarts}/{max_restarts} "
+                      f"in {delay:.0f} s", file=sys.stderr, flush=True)
+                role.restart_at = now + delay
+                last_progress = -math.inf  # show the DOWN role in a progress table now, not at the next period
             if failed:
                 break
             learners_and_evals = [r for r in roles if r.name.startswith(("learner:", "eval_"))]
             if all(r.done for r in learners_and_evals):
                 break
-            if not quiet and time.time() - last_progress > PROGRESS_EVERY_SECONDS:
-                table = progress_table(run_dir, config)
+            if not quiet and now - last_progress > config.runtime.progress_every_seconds:
+                table = progress_table(run_dir, config, roles)
                 if table:
                     print(f"--- {time.strftime('%H:%M:%S')}\n{table}", file=sys.stderr, flush=True)
-                last_progress = time.time()
+                last_progress = now
+    except OSError as e:  # e.g. the run directory became unwritable: a role's log file cannot be opened
+        failed = f"cannot start a role: {e}"
     finally:
         shutdown(roles)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     if failed:
         print(f"depthrl run: {failed}", file=sys.stderr)
+        print(f"depthrl run: fix the cause, then continue with: depthrl resume {run_dir}", file=sys.stderr)
         return 1
     if stopping["signal"]:
         print(f"depthrl run: stopped by signal {stopping['signal']}; continue with: depthrl resume {run_dir}",
               file=sys.stderr)
         return 130
     if not quiet:
-        print(progress_table(run_dir, config), file=sys.stderr)
+        print(progress_table(run_dir, config, roles), file=sys.stderr)
     return 0
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
+import errno
 import json
 import os
 import shutil
@@ -21,8 +22,32 @@ PACKAGES = ("jax", "jaxlib", "flax", "optax", "brax", "mujoco", "dm-reverb", "te
             "numpy", "pandas", "matplotlib", "tyro")
 
 
+EXIT_RUN_DIR_UNWRITABLE = 74
+"""Exit code of a role that could not write to the run directory (sysexits' EX_IOERR). The launcher names the cause
+from it even when the role's own log could not be written (a full disk takes the log file with it)."""
+
+_DISK_ERRNOS = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
+_DISK_MESSAGES = ("No space left on device", "File too large", "Disk quota exceeded", "Read-only file system",
+                  "Permission denied")
+
+
 class RunDirError(ValueError):
     """The run directory cannot be used as asked (exists, missing, incompatible)."""
+
+
+def is_disk_error(error: BaseException) -> bool:
+    """True when `error`, or an error it was raised from, says a file could not be written: disk full, file size
+    limit, quota, read-only or permission. Checkpoint libraries (orbax/tensorstore) re-raise OS errors as other types
+    with the OS message inside, hence the message check."""
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError) and error.errno in _DISK_ERRNOS:
+            return True
+        if any(text in str(error) for text in _DISK_MESSAGES):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
 
 
 def to_jsonable(obj: Any) -> Any:
@@ -51,11 +76,41 @@ def from_jsonable(cls: type, data: dict) -> Any:
         value = data[f.name]
         hint = hints[f.name]
         if dataclasses.is_dataclass(hint):
+            if not isinstance(value, dict):
+                raise RunDirError(f"config.json: {f.name} must be a JSON object, got {value!r}")
             value = from_jsonable(hint, value)
-        elif value is not None and "Path" in str(hint):
-            value = Path(value)
+        else:
+            value = _from_json_value(f.name, hint, value)
         kwargs[f.name] = value
     return cls(**kwargs)
+
+
+def _from_json_value(name: str, hint: Any, value: Any) -> Any:
+    """`value` as the field type `hint` wants (lists become tuples, strings paths), or RunDirError naming the field:
+    a hand-edited config.json must fail here, not as a TypeError deep inside validate()."""
+    import types
+    import typing
+
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        (hint,) = [a for a in args if a is not type(None)]
+        origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is typing.Literal:
+        return value  # validate() names the allowed values
+    if origin is tuple:
+        if not isinstance(value, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+            raise RunDirError(f"config.json: {name} must be a list of integers, got {value!r}")
+        return tuple(value)
+    if hint is Path:
+        if not isinstance(value, str):
+            raise RunDirError(f"config.json: {name} must be a path string, got {value!r}")
+        return Path(value)
+    expected = {bool: (bool,), int: (int,), float: (int, float), str: (str,)}.get(hint)
+    if expected is not None and (not isinstance(value, expected) or (hint is not bool and isinstance(value, bool))):
+        raise RunDirError(f"config.json: {name} must be of type {hint.__name__}, got {value!r}")
+    return value
 
 
 def git_revision() -> str:
@@ -89,22 +144,23 @@ def default_run_dir(env: str, actor_depth: int, critic_depth: int, seed: int) ->
 
 def check_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
     """Validate the directory choice before anything is written. Raises RunDirError."""
-    exists = run_dir.exists() and any(run_dir.iterdir()) if run_dir.exists() else False
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RunDirError(f"run dir {run_dir} exists and is not a directory")
+    exists = run_dir.exists() and any(run_dir.iterdir())
     if resume:
         if not (run_dir / CONFIG_FILE).is_file():
-            raise RunDirError(f"--resume: {run_dir} is not a run directory (no {CONFIG_FILE})")
+            raise RunDirError(f"{run_dir} is not a run directory (no {CONFIG_FILE}), so there is nothing to resume")
         return
     if exists and not overwrite:
         raise RunDirError(f"run dir {run_dir} already exists and is not empty; pass --resume to continue it or "
                           "--overwrite to replace it")
-    if run_dir.exists() and not run_dir.is_dir():
-        raise RunDirError(f"run dir {run_dir} exists and is not a directory")
-    parent = run_dir.resolve().parent
-    probe = parent
-    while not probe.exists():
+    probe = run_dir.absolute().parent
+    while not probe.exists() and not probe.is_symlink():
         probe = probe.parent
-    if not os.access(probe, os.W_OK):
-        raise RunDirError(f"run dir {run_dir}: {probe} is not writable")
+    if not probe.is_dir():
+        raise RunDirError(f"run dir {run_dir} cannot be created: {probe} is a file, not a directory")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise RunDirError(f"run dir {run_dir} cannot be created: {probe} is not writable")
 
 
 def prepare_run_dir(run_dir: Path, overwrite: bool) -> None:
@@ -131,13 +187,17 @@ def read_config(run_dir: Path, kind: str, cls: type) -> Any:
         payload = json.loads((run_dir / CONFIG_FILE).read_text())
     except (OSError, json.JSONDecodeError) as e:
         raise RunDirError(f"cannot read {run_dir / CONFIG_FILE}: {e}") from None
+    if not isinstance(payload, dict):
+        raise RunDirError(f"{run_dir / CONFIG_FILE} does not hold a run record (a JSON object)")
     if payload.get("format_version") != FORMAT_VERSION:
         raise RunDirError(
-            f"{run_dir} was written with run-dir format {payload.get('format_version')!r}; this depthrl reads "
-            f"format {FORMAT_VERSION}"
+            f"{run_dir} was written by an incompatible depthrl: format_version {payload.get('format_version')!r}, "
+            f"this depthrl reads format_version {FORMAT_VERSION} only"
         )
     if payload.get("kind") != kind:
-        raise RunDirError(f"{run_dir} is a {payload.get('kind')!r} run, not a {kind!r} run")
+        raise RunDirError(f"{run_dir} is a {payload.get('kind')!r} run (config.json kind), not a {kind!r} run")
+    if not isinstance(payload.get("config"), dict):
+        raise RunDirError(f"{run_dir / CONFIG_FILE}: 'config' must be a JSON object")
     return from_jsonable(cls, payload["config"])
 
 

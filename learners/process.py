@@ -7,9 +7,10 @@ batches; it never imports Reverb itself (the transport is passed in by `main`).
 Prefetch: a background thread samples the next windows and relabels them into ``[K, B]`` minibatches while the main
 thread runs `update_many` on the current ones, so sampling, transfer and relabelling overlap the SGD steps.
 
-Stopping: at the target number of SGD steps (the collector's update-to-data ratio times the env-step budget), or on
-SIGTERM/SIGINT. Either way the learner checkpoints and publishes its final params (marked final, so evaluators know to
-take a last look and exit).
+Stopping: at the target number of SGD steps (the collector's update-to-data ratio times the env-step budget), when no
+more data can come (every actor finished and the rate limiter allows no further sample: it stops short and says so),
+or on SIGTERM/SIGINT. Either way the learner checkpoints and publishes its last params; they are marked final (so
+evaluators take a last look and exit) unless a signal stopped it.
 """
 
 from __future__ import annotations
@@ -33,6 +34,15 @@ from experiments.metrics import JsonlLogger
 from learners.crl import CRLAgent, CRLState, Dims, make_agent
 from learners.relabel import flatten, minibatches, relabel
 from replay.schema import Window
+
+
+PREFETCH_BATCHES = 2
+"""Batches the prefetch thread keeps ready. A stopped learner has drawn up to PREFETCH_BATCHES + 2 batches it never
+trained on (the queue, the one being prepared, the request in flight). The rate limiter counted them, so a resumed
+learner reaches its target only if its table's error buffer (N + samples_per_insert x E windows, see
+experiments.roles.tables_for) covers them: (PREFETCH_BATCHES + 2) x N. With K = u x num_envs x unroll_length that
+holds whenever window_steps / (unroll_length x actors) >= 3 (paper, one actor: 1000 / 62); otherwise it may stop short
+at the very end, and says so."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,6 +110,27 @@ def _save(manager, states: dict[str, CRLState], counters: dict[str, Any]) -> Non
     manager.wait_until_finished()
 
 
+def checkpoint_counters(directory: Path) -> tuple[int, dict[str, Any]] | None:
+    """``(step, counters)`` of the newest finished checkpoint under `directory`, read without JAX or a template;
+    None when there is none. Orbax writes each step to a temporary name and renames it when complete, so only
+    all-digit names are finished steps. Raises ValueError when the counters cannot be read (a damaged checkpoint)."""
+    import json
+
+    if not directory.is_dir():
+        return None
+    steps = sorted(int(p.name) for p in directory.iterdir() if p.is_dir() and p.name.isdigit())
+    if not steps:
+        return None
+    path = directory / str(steps[-1]) / "meta" / "metadata"
+    try:
+        counters = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise ValueError(f"cannot read the counters of checkpoint {path.parent.parent}: {e}") from None
+    if not isinstance(counters, dict) or not isinstance(counters.get("updates"), int):
+        raise ValueError(f"checkpoint {path.parent.parent} has no update counter in {path.name}")
+    return steps[-1], counters
+
+
 def _restore(manager, template: dict[str, CRLState]):
     import orbax.checkpoint as ocp
 
@@ -119,13 +150,18 @@ def run_learners(
     publish: Callable[[str, Any, int, str, dict], None],
     stop_event: threading.Event,
     replay_stats: Callable[[], dict[str, float]] | None = None,
+    actors_finished: Callable[[], bool] | None = None,
 ) -> dict[str, int]:
     """Train learners `names` (one, or several on identical minibatches) until their SGD-step target or `stop_event`.
 
-    `sample()` returns ``Window [T, N]``; `publish(name, actor_params, version, fingerprint, meta)` makes params
-    visible to actors and evaluators. `replay_stats()` (optional) returns the learner table's counters from the
-    server: ``inserted_windows`` (the env-step axis and the measured update-to-data ratio use it: provenance in the
-    sampled windows lags behind), ``table_size`` and the rate-limiter stall times. Returns the grad steps reached.
+    `sample()` returns ``Window [T, N]``, or None when no more data will ever come (every actor has finished and the
+    table's rate limiter allows no further sample, e.g. after a restart redid SGD steps whose samples were already
+    counted): the learner then stops short of its target, says so, and logs `grad_steps_short_of_target`.
+    `actors_finished()` (optional) ends the wait for the actors' last windows at the end.
+    `publish(name, actor_params, version, fingerprint, meta)` makes params visible to actors and evaluators.
+    `replay_stats()` (optional) returns the learner table's counters from the server: ``inserted_windows`` (the
+    env-step axis and the measured update-to-data ratio use it: provenance in the sampled windows lags behind),
+    ``table_size`` and the rate-limiter stall times. Returns the grad steps reached.
     """
     env = make_env(config.env.env)
     spec = env.spec
@@ -137,11 +173,20 @@ def run_learners(
     states = {name: agents[name].init(jax.random.fold_in(root, i)) for i, name in enumerate(names)}
     process_name = "+".join(names)
     manager = _checkpoint_manager(run_dir / "checkpoints" / process_name)
-    counters: dict[str, Any] = {"updates": 0, "env_steps_by_actor": {}}
+    fingerprints = {name: agents[name].fingerprint() for name in names}
+    counters: dict[str, Any] = {"updates": 0, "env_steps_by_actor": {}, "fingerprints": fingerprints}
+    latest = checkpoint_counters(run_dir / "checkpoints" / process_name)
+    stored = latest[1].get("fingerprints") if latest is not None else None
+    if stored is not None and stored != fingerprints:
+        raise ValueError(f"checkpoints in {run_dir / 'checkpoints' / process_name} hold params with fingerprints "
+                         f"{stored}, but this run's config builds {fingerprints}: the network config changed")
     restored = _restore(manager, states)
     if restored is not None:
         states, counters = restored
-        print(f"[{process_name}] resumed at update {counters['updates']}", file=sys.stderr, flush=True)
+        counters["fingerprints"] = fingerprints
+        print(f"[{process_name}] resumed at update {counters['updates']} (grad steps "
+              f"{ {name: int(state.grad_steps) for name, state in states.items()} }) from its checkpoint",
+              file=sys.stderr, flush=True)
     loggers = {name: JsonlLogger(run_dir / "metrics" / f"{name}.jsonl", name) for name in names}
     if counters.get("wall_time_offset"):
         for log in loggers.values():
@@ -159,14 +204,18 @@ def run_learners(
     updates = {name: jax.jit(agents[name].update_many, donate_argnums=0) for name in names}
 
     # Prefetch thread: sample + relabel + transfer the next batch while the main thread trains on this one.
-    batches: queue.Queue = queue.Queue(maxsize=2)
+    batches: queue.Queue = queue.Queue(maxsize=PREFETCH_BATCHES)
     errors: list[BaseException] = []
+    exhausted = threading.Event()
 
     def prefetch() -> None:
         i = int(counters["updates"])
         try:
             while not stop_event.is_set():
                 window = sample()
+                if window is None:
+                    exhausted.set()
+                    return
                 key = jax.random.fold_in(jax.random.fold_in(root, 7), i)
                 batch = prepare(window.obs, window.action, window.traj_id, key)
                 item = (batch, np.asarray(window.actor_id), np.asarray(window.param_version),
@@ -207,6 +256,9 @@ def run_learners(
     newest_collector_version = 0
     window_start, window_grad = time.time(), grad_steps(names[0])
     wait_seconds = 0.0
+    # Params are published as final only when the learner finished: a resumed run restores the replay server's
+    # checkpoint, and params marked final there would end its evaluators at once.
+    finished = False
     try:
         while min(grad_steps(n) for n in names) < plan.target_grad_steps and not stop_event.is_set():
             wait_start = time.time()
@@ -214,6 +266,12 @@ def run_learners(
                 batch, actor_ids, versions, env_steps, _ = batches.get(timeout=0.5)
             except queue.Empty:
                 wait_seconds += time.time() - wait_start
+                if exhausted.is_set() and batches.empty():
+                    print(f"[{process_name}] stopping at grad steps "
+                          f"{ {n: grad_steps(n) for n in names} }, short of the target {plan.target_grad_steps}: every "
+                          "actor has finished and the replay rate limiter allows no further sample",
+                          file=sys.stderr, flush=True)
+                    break
                 continue
             wait_seconds += time.time() - wait_start
             for actor, steps in zip(actor_ids.tolist(), env_steps.tolist()):
@@ -253,15 +311,16 @@ def run_learners(
                 last_checkpoint = time.time()
         if errors:
             raise errors[0]
-        if replay_stats is not None and not stop_event.is_set():
-            _log_final_counts(config, plan, names, states, loggers, replay_stats, stop_event, server)
+        finished = not stop_event.is_set()  # target reached (or no data left), not stopped by a signal
+        if replay_stats is not None and finished:
+            _log_final_counts(config, plan, names, states, loggers, replay_stats, stop_event, server, actors_finished)
     finally:
         stop_event.set()
         counters["wall_time_offset"] = time.time() - loggers[names[0]].start_time
         _save(manager, states, counters)
         manager.close()
         try:
-            publish_all(final=True)
+            publish_all(final=finished)
         except Exception as e:  # the replay server may already be gone at shutdown
             print(f"[{process_name}] final publish failed: {e}", file=sys.stderr, flush=True)
         for log in loggers.values():
@@ -270,19 +329,29 @@ def run_learners(
     return {name: grad_steps(name) for name in names}
 
 
-def _log_final_counts(config, plan, names, states, loggers, replay_stats, stop_event, server) -> None:
+def _log_final_counts(config, plan, names, states, loggers, replay_stats, stop_event, server,
+                      actors_finished=None) -> None:
     """A learner can finish up to one limiter error buffer ahead of the actors. Wait (bounded) until the collector's
-    whole budget is in replay, then log one last row per learner with the final update-to-data ratio."""
+    whole budget is in replay (or every actor has finished: a replay restart may have lost some of it), then log one
+    last row per learner with the final update-to-data ratio."""
     deadline = time.time() + 2 * config.runtime.rpc_timeout_seconds
     total = config.schedule.total_env_steps
     while time.time() < deadline and not stop_event.is_set():
         server.update(replay_stats())
         if server.get("inserted_windows", 0) * plan.window_steps >= total:
             break
+        if actors_finished is not None and actors_finished():
+            server.update(replay_stats())  # the last windows are confirmed before an actor logs its last row
+            break
+        if server.get("limiter_blocks_inserts"):
+            # This learner samples no more, so its table will never admit the actors' remaining windows (a replay
+            # restore forgot samples drawn after its checkpoint): nothing more will arrive.
+            break
         time.sleep(0.5)
     env_steps = int(server.get("inserted_windows", 0)) * plan.window_steps
     learned_env_steps = max(env_steps - plan.prefill_windows * plan.window_steps, 1)
     for name in names:
         g = int(states[name].grad_steps)
-        loggers[name].log({"update_to_data": g / learned_env_steps, **server}, env_steps=env_steps, grad_steps=g,
-                          param_version=g)
+        short = {"grad_steps_short_of_target": plan.target_grad_steps - g} if g < plan.target_grad_steps else {}
+        loggers[name].log({"update_to_data": g / learned_env_steps, **short, **server}, env_steps=env_steps,
+                          grad_steps=g, param_version=g)

@@ -63,6 +63,20 @@ class ReplayTimeout(TimeoutError):
     """A bounded wait on the replay server ran out (server down, table empty or a rate limiter blocking)."""
 
 
+class ReplayUnavailable(ReplayTimeout):
+    """The connection to the replay server broke (it died or is restarting). A subclass of `ReplayTimeout` because
+    callers handle both alike: report, wait, call again. Reverb's gRPC channel reconnects by itself."""
+
+
+# gRPC's words for a connection that failed or broke (status UNAVAILABLE); Reverb raises them as RuntimeError.
+_CONNECTION_ERRORS = ("Connection reset", "Connection refused", "Socket closed", "failed to connect", "Broken pipe",
+                      "UNAVAILABLE", "Unavailable", "unavailable", "Stream removed", "GOAWAY")
+
+
+def _lost_connection(error: BaseException) -> bool:
+    return isinstance(error, RuntimeError) and any(text in str(error) for text in _CONNECTION_ERRORS)
+
+
 # --------------------------------------------------------------------------------------------------- configs
 
 
@@ -118,7 +132,6 @@ class LearnerTableConfig:
     """True: a learner that falls `error_buffer_samples` behind blocks inserts (and with them every actor, since a
     writer inserts into all tables). False: only sampling is limited (the learner can never run *ahead* of its
     ratio), inserts never wait for this table, and a slow learner simply falls behind its ratio."""
-
     def rate_limiter(self) -> reverb.rate_limiters.RateLimiter:
         if self.samples_per_insert is None:
             return reverb.rate_limiters.MinSize(self.min_size_to_sample_windows)
@@ -278,6 +291,10 @@ def server_info(client: reverb.Client, timeout_s: float) -> dict[str, reverb.rev
         return client.server_info(timeout=_timeout_seconds_arg(timeout_s))
     except reverb.errors.DeadlineExceededError as error:
         raise ReplayTimeout(f"replay server {client.server_address} did not answer within {timeout_s} s") from error
+    except RuntimeError as error:
+        if not _lost_connection(error):
+            raise
+        raise ReplayUnavailable(f"replay server {client.server_address} unavailable: {error}") from error
 
 
 def wait_for_server(address: str, timeout_s: float) -> reverb.Client:
@@ -302,7 +319,7 @@ def table_metrics(infos: Mapping[str, reverb.reverb_types.TableInfo], role: str 
     - inserts, samples: inserts and samples the rate limiter let through (restored from checkpoints too).
     - samples_per_insert_observed: samples / inserts.
     - limiter_error: inserts * samples_per_insert - samples, with min_diff / max_diff, its allowed range: the
-      limiter blocks inserts at min_diff and samples at max_diff, so an error sitting at min_diff means this
+      limiter blocks samples at min_diff and inserts at max_diff, so an error sitting at max_diff means this
       table's learner is stalling the writers.
     - unique_samples: items sampled at least once; deleted_episodes: Reverb's episode eviction count.
     - worker_*_ms: cumulative table worker time running / inserting / sampling / sleeping, and the two stall
@@ -408,6 +425,10 @@ def _await(future: concurrent.futures.Future[_T], timeout_s: float, what: str) -
         return future.result(timeout=timeout_s)
     except concurrent.futures.TimeoutError:
         raise ReplayTimeout(f"{what} did not complete within {timeout_s} s") from None
+    except RuntimeError as error:
+        if not _lost_connection(error):
+            raise
+        raise ReplayUnavailable(f"{what} failed, the replay server connection broke: {error}") from error
 
 
 # ---------------------------------------------------------------------------------------------------- writer
@@ -513,6 +534,8 @@ class WindowWriter:
         try:
             self._writer.Flush(keep_pending, remaining_ms)
         except RuntimeError as error:
+            if _lost_connection(error):
+                raise ReplayUnavailable(f"replay server {self._address} unavailable: {error}") from error
             if "Timeout exceeded" not in str(error):  # the message reverb's own wrapper matches on
                 raise
             raise ReplayTimeout(
@@ -591,8 +614,13 @@ class WindowSampler:
         """
         if self._pending is None:
             self._pending = _start_in_thread(self._fetch)
-        items = _await(self._pending, self._timeout_s, f"sampling {self._num} windows from {self._table!r}")
-        self._pending = None  # only reached when the request finished (successfully or with its own error)
+        try:
+            items = _await(self._pending, self._timeout_s, f"sampling {self._num} windows from {self._table!r}")
+        finally:
+            # A request that finished, with items or with its own error (e.g. the server died), is not waited for
+            # again: the next call starts a fresh one. One still running is (see the class docstring).
+            if self._pending.done():
+                self._pending = None
         fields = {}
         for index, (name, time_major) in enumerate(zip(FIELD_ORDER, self._time_major)):
             fields[name] = np.stack([item[index] for item in items], axis=1 if time_major else 0)
@@ -651,6 +679,10 @@ class ParamStore:
             writer.flush(timeout_ms=max(1, int(timeout_s * 1000)))
         except reverb.errors.DeadlineExceededError as error:
             raise ReplayTimeout(f"publishing params of {role!r} not confirmed within {timeout_s} s") from error
+        except RuntimeError as error:
+            if not _lost_connection(error):
+                raise
+            raise ReplayUnavailable(f"publishing params of {role!r}: replay server unavailable: {error}") from error
         finally:
             writer.close()
 
