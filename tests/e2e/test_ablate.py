@@ -70,7 +70,7 @@ def test_ablate_resumes_after_interrupt_without_repeating_finished_runs(tmp_path
 
 @pytest.mark.parametrize("extra, message", [
     (["--preset", "nope"], "unknown preset 'nope'"),
-    (["--env", "point_u_maze", "--collector-depths", "4,6", "--learner-depths", "4"], "multiples of 4"),
+    (["--env", "point_u_maze", "--collector-depths", "4,6", "--learner-depths", "4"], "(4, 8, ..., 1024), got 6"),
     (["--env", "point_u_maze", "--collector-depths", "4", "--learner-depths", ""], "--learner-depths"),
     (["--env", "point_u_maze", "--collector-depths", "4,4", "--learner-depths", "4"], "lists a depth twice"),
     (["--env", "no_such_env", "--collector-depths", "4", "--learner-depths", "4"], "unknown env"),
