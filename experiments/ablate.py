@@ -106,6 +106,7 @@ def _ints(text: str, flag: str) -> tuple[int, ...]:
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="depthrl ablate",
+        allow_abbrev=False,  # `--seed` (a run option) must not be read as an abbreviation of `--seeds`
         description="Run a collector-depth x learner-depth grid (resumable). Unknown options are passed to every "
                     "`depthrl run` of the grid (see `depthrl run --help`), e.g. --env-steps, --batch-size, --inline.",
         epilog="presets: " + "; ".join(f"{k}: {v.description}" for k, v in PRESETS.items()),
