@@ -14,9 +14,10 @@ Outputs in ``--out``:
 - ``rollout.json``: what was rendered (env, policy source, steps, alive steps, time at goal, final distance).
 
 The policy is the deterministic one the evaluators score (tanh of the actor's mean). The episode stops at the first
-termination (e.g. a fallen ant) or after ``--steps`` steps (default: the env's episode length). Everything is
-checked before anything is written: an unknown env, a missing run or checkpoint, a role the run does not have, or an
-env whose observation does not fit the run's policy exits with code 2 and leaves ``--out`` untouched.
+termination (e.g. a fallen ant) or after ``--steps`` steps (default: the run's episode length, else the env's).
+Everything is checked before anything is written: an unknown env, a missing run or checkpoint, a role the run does
+not have, or an env that is neither the run's training env nor its eval env exits with code 2 and leaves ``--out``
+untouched.
 """
 
 from __future__ import annotations
@@ -107,11 +108,15 @@ def resolve_policy_source(run_dir: Path | None, checkpoint: Path | None, role: s
         raise RenderError(f"--run-dir {run_dir} does not exist")
     if not (run_dir / CONFIG_FILE).is_file():
         raise RenderError(f"--run-dir {run_dir} is not a run directory (no {CONFIG_FILE})")
-    kind = json.loads((run_dir / CONFIG_FILE).read_text()).get("kind")
     try:
-        config = read_config(run_dir, kind, {"train": TrainConfig, "run": DecoupledConfig}[kind])
-    except KeyError:
-        raise RenderError(f"{run_dir} holds a {kind!r} run; render reads 'train' and 'run' runs") from None
+        kind = json.loads((run_dir / CONFIG_FILE).read_text()).get("kind")
+    except (OSError, ValueError, AttributeError) as e:
+        raise RenderError(f"cannot read {run_dir / CONFIG_FILE}: {e}") from None
+    config_class = {"train": TrainConfig, "run": DecoupledConfig}.get(kind)
+    if config_class is None:
+        raise RenderError(f"{run_dir} holds a {kind!r} run; render reads 'train' and 'run' runs")
+    try:
+        config = read_config(run_dir, kind, config_class)
     except RunDirError as e:
         raise RenderError(str(e)) from None
 
@@ -143,8 +148,9 @@ def resolve_policy_source(run_dir: Path | None, checkpoint: Path | None, role: s
             step_dir = found[-1] if found else None
         if step_dir is None:
             raise RenderError(f"--checkpoint {checkpoint} is neither an orbax step directory nor holds one")
-        if not inline and step_dir.parent.resolve() != ckpt_dir.resolve():
-            raise RenderError(f"--checkpoint {checkpoint} is not a checkpoint of learner {role!r} ({ckpt_dir})")
+        if step_dir.parent.resolve() != ckpt_dir.resolve():
+            raise RenderError(f"--checkpoint {checkpoint} is not a checkpoint of the {role!r} policy of this run "
+                              f"(those are the step directories in {ckpt_dir})")
     else:
         found = _step_dirs(ckpt_dir)
         if not found:
@@ -293,7 +299,8 @@ def _parser() -> argparse.ArgumentParser:
                         help="one orbax step directory of a run (e.g. RUN/checkpoints/400000), or a directory of them")
     parser.add_argument("--role", default="collector",
                         help="whose policy in a decoupled run: collector or a passive learner (learner_d16)")
-    parser.add_argument("--steps", type=int, default=None, help="env steps to roll out; default: the episode length")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="env steps to roll out; default: the run's episode length, else the env's")
     parser.add_argument("--seed", type=int, default=0, help="seed of the reset (start, goal) and of random actions")
     parser.add_argument("--out", type=Path, required=True, help="output directory (created; files are replaced)")
     return parser
@@ -354,7 +361,9 @@ def main(argv: list[str] | None = None) -> int:
         def act(obs, key):
             return agent.act(params, obs[None], key, deterministic=True)[0]
 
-    num_steps = args.steps or spec.episode_length
+    # A run's own episode length (e.g. `--episode-length 200`) wins over the env's default.
+    run_episode_length = source.config.env.episode_length if source is not None else None
+    num_steps = args.steps or run_episode_length or spec.episode_length
     result = rollout(env, act, jax.random.key(args.seed), num_steps)
     # Frames up to and including the first terminating step's (alive is 1 through it, 0 after).
     num_frames = int(result["alive"].sum())

@@ -21,6 +21,8 @@ from experiments.runs import write_config
 from learners.crl import CRLConfig, Dims, make_agent
 
 TINY_AGENT = CRLConfig(width=32)
+RUN_EPISODE_STEPS = 40
+"""The fake train run's `--episode-length` (point mazes default to 100): render's default number of steps."""
 TINY_SCHEDULE = ScheduleConfig(num_envs=4, unroll_length=10, batch_size=16, buffer_capacity_steps=100,
                                prefill_steps_per_env=100)
 
@@ -74,7 +76,8 @@ def _train_run(run_dir: Path, steps: tuple[int, ...]) -> dict[int, object]:
     """A `depthrl train` run dir with real TrainerState checkpoints at `steps`; returns the actor params saved."""
     from experiments.inline import _checkpointer, _save, make_trainer
 
-    config = TrainConfig(env=EnvConfig(env="point_u_maze"), agent=TINY_AGENT, schedule=TINY_SCHEDULE)
+    config = TrainConfig(env=EnvConfig(env="point_u_maze", episode_length=RUN_EPISODE_STEPS), agent=TINY_AGENT,
+                         schedule=TINY_SCHEDULE)
     run_dir.mkdir(parents=True)
     write_config(run_dir, "train", config)
     trainer = make_trainer(config)
@@ -111,9 +114,10 @@ def test_train_run_checkpoints_restore_the_saved_actor(tmp_path):
                                                         jax.tree_util.tree_leaves(saved[200])))
 
     out = tmp_path / "out"
-    assert render.main(["--run-dir", str(run_dir), "--steps", "20", "--out", str(out)]) == 0
+    assert render.main(["--run-dir", str(run_dir), "--out", str(out)]) == 0
     summary = json.loads((out / render.SUMMARY_FILE).read_text())
     assert summary["env"] == "point_u_maze" and "collector policy" in summary["policy"] and "200" in summary["policy"]
+    assert summary["steps_requested"] == RUN_EPISODE_STEPS  # the run's episode length, not the env's 100
     assert _png_ok(out / render.PNG_FILE)
 
 
@@ -141,6 +145,11 @@ def test_decoupled_run_checkpoints_restore_each_learner(tmp_path):
         _assert_same_params(params, saved[name])
     with pytest.raises(render.RenderError, match="learner_d16"):
         render.resolve_policy_source(run_dir, None, "learner_d16")
+    # A step directory of the collector's process is not learner_d8's policy.
+    collector_step = run_dir / "checkpoints" / "collector" / "7"
+    assert render.resolve_policy_source(None, collector_step, "collector").step_dir == collector_step.resolve()
+    with pytest.raises(render.RenderError, match="not a checkpoint of the 'learner_d8' policy"):
+        render.resolve_policy_source(None, collector_step, "learner_d8")
 
 
 # --- bad input: exit 2, nothing written --------------------------------------------------------------------------
