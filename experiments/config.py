@@ -231,6 +231,9 @@ class RuntimeConfig:
     rpc_timeout_seconds: float = 60.0
     """Bound on every blocking replay call (sample, flush, param fetch); a role that waits longer reports the stall
     and retries instead of hanging silently."""
+    replay_connect_timeout_seconds: float = 120.0
+    """How long a role waits at start for the replay server to answer before it fails (and the launcher restarts
+    it). Longer than rpc_timeout_seconds: the server process imports TensorFlow first, slow on a busy machine."""
     max_restarts: int = 3
     """Times the launcher restarts a crashed role (each role counted on its own, with a backoff of 1, 2, 4, ... up to
     10 s between attempts) before it stops the run and shows the role's last error."""
@@ -309,7 +312,7 @@ class DecoupledConfig:
         if r.replay_address is not None:
             check_address(r.replay_address, "replay_address")
         for name in ("param_publish_every_grad_steps", "replay_checkpoint_every_seconds", "rpc_timeout_seconds",
-                     "progress_every_seconds"):
+                     "replay_connect_timeout_seconds", "progress_every_seconds"):
             value = getattr(r, name)
             if not value > 0 or not math.isfinite(value):
                 raise ConfigError(f"{name} must be a positive number, got {value}")

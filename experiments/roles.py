@@ -212,11 +212,11 @@ def run_learner_role(run_dir: Path, address: str, names: tuple[str, ...]) -> int
     plan = plan_for(config)
     timeout = config.runtime.rpc_timeout_seconds
     table = names[0]
+    client = rb.wait_for_server(address, config.runtime.replay_connect_timeout_seconds)
     # Sampling waits in short slices so that the learner can notice, between them, that no data can come any more.
     poll = min(timeout, STARVATION_POLL_SECONDS)
     sampler = rb.WindowSampler(address, table, plan.windows_per_sample, poll, window_spec_for(config))
     store = rb.ParamStore(address, connect_timeout_s=timeout)
-    client = rb.wait_for_server(address, timeout)
 
     def sample():
         waited = 0.0
@@ -324,7 +324,7 @@ def run_actor_role(run_dir: Path, address: str, actor_id: int) -> int:
     timeout = config.runtime.rpc_timeout_seconds
     tables = tables_for(config).table_names
     writer = rb.WindowWriter(address, tables, window_spec_for(config), flush_timeout_ms=int(timeout * 1000),
-                             connect_timeout_s=timeout)
+                             connect_timeout_s=config.runtime.replay_connect_timeout_seconds)
     store = rb.ParamStore(address, connect_timeout_s=timeout)
     role = f"actor_{actor_id}"
 
@@ -370,7 +370,7 @@ def run_evaluator_role(run_dir: Path, address: str, learner: str) -> int:
         return 2
     stop = _stop_on_signals()
     timeout = config.runtime.rpc_timeout_seconds
-    store = rb.ParamStore(address, connect_timeout_s=timeout)
+    store = rb.ParamStore(address, connect_timeout_s=config.runtime.replay_connect_timeout_seconds)
     latest = _latest_fn(store, {learner: _fingerprint(config, learner)}, timeout, recheck_final_seconds=5.0)
     count = run_evaluator(config, run_dir, learner, latest, stop)
     _say(f"eval_{learner}", f"done: {count} evaluations")

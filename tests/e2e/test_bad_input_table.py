@@ -217,6 +217,8 @@ CASES: list[tuple[str, list[str], Setup, list[str]]] = [
      ["replay_address must be HOST:PORT", "1..65535", "'replayhost'"]),
     ("rpc_timeout_0", ["run", *BASE, "--rpc-timeout-seconds", "0"], fresh,
      ["rpc_timeout_seconds must be a positive number, got 0"]),
+    ("replay_connect_timeout_negative", ["run", *BASE, "--replay-connect-timeout-seconds", "-1"], fresh,
+     ["replay_connect_timeout_seconds must be a positive number, got -1"]),
     ("replay_checkpoint_period_negative", ["run", *BASE, "--replay-checkpoint-every-seconds", "-5"], fresh,
      ["replay_checkpoint_every_seconds must be a positive number, got -5"]),
     ("param_publish_every_0", ["run", *BASE, "--param-publish-every-grad-steps", "0"], fresh,

@@ -396,7 +396,8 @@ def test_crash_looping_roles_stop_the_run_with_the_last_error(start_run):
     restart budget the run stops with that error, after a bounded number of starts; the launcher warned that the
     replay port is exposed."""
     port = 5999
-    run = start_run(["--replay-address", f"192.0.2.1:{port}", "--rpc-timeout-seconds", "2", "--max-restarts", "1"])
+    run = start_run(["--replay-address", f"192.0.2.1:{port}", "--replay-connect-timeout-seconds", "2",
+                     "--max-restarts", "1"])
     code = run.wait(180)
     stderr = run.stderr
     assert code == 1, stderr[-5000:]
