@@ -274,29 +274,21 @@ def run_learner_role(run_dir: Path, address: str, names: tuple[str, ...]) -> int
 # --- actor / evaluator ------------------------------------------------------------------------------------------
 
 
-def _latest_fn(store, fingerprints: dict[str, str], timeout: float, recheck_final_seconds: float | None = None):
+def _latest_fn(store, fingerprints: dict[str, str], timeout: float, unchanged_if_final: bool = False):
     """`latest(role, template, known_version)` for the process loops: None when the published version is still
     `known_version`. A *lower* version counts as new: the learner resumed from an older checkpoint, and its newest
     params are the ones to use.
 
-    `recheck_final_seconds`: also fetch an unchanged version this often and return it when its meta says final. A
-    learner that stops short of its target publishes its last params as final under the version it already had."""
+    `unchanged_if_final`: also return the unchanged version once its meta says final (evaluators). A learner that
+    stops short of its target publishes its last params as final under the version it already had."""
     from replay import reverb_backend as rb
-
-    last_full_fetch = {"time": time.monotonic()}
 
     def latest(role: str, template: Any, known_version: int):
         try:
-            version, _ = store.latest_version(role, timeout_s=min(timeout, 5.0))
-            recheck = (recheck_final_seconds is not None
-                       and time.monotonic() - last_full_fetch["time"] > recheck_final_seconds)
-            if version == known_version and not recheck:
+            version, _, meta = store.latest_version_meta(role, timeout_s=min(timeout, 5.0))
+            if version == known_version and not (unchanged_if_final and meta.get("final")):
                 return None
-            version, params, meta = store.latest_with_meta(role, fingerprints[role], template, timeout_s=timeout)
-            last_full_fetch["time"] = time.monotonic()
-            if version == known_version and not meta.get("final"):
-                return None
-            return version, params, meta
+            return store.latest_with_meta(role, fingerprints[role], template, timeout_s=timeout)
         except rb.ReplayTimeout:
             return None
 
@@ -371,7 +363,7 @@ def run_evaluator_role(run_dir: Path, address: str, learner: str) -> int:
     stop = _stop_on_signals()
     timeout = config.runtime.rpc_timeout_seconds
     store = rb.ParamStore(address, connect_timeout_s=config.runtime.replay_connect_timeout_seconds)
-    latest = _latest_fn(store, {learner: _fingerprint(config, learner)}, timeout, recheck_final_seconds=5.0)
+    latest = _latest_fn(store, {learner: _fingerprint(config, learner)}, timeout, unchanged_if_final=True)
     count = run_evaluator(config, run_dir, learner, latest, stop)
     _say(f"eval_{learner}", f"done: {count} evaluations")
     return 0

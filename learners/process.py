@@ -325,7 +325,9 @@ def run_learners(
             print(f"[{process_name}] final publish failed: {e}", file=sys.stderr, flush=True)
         for log in loggers.values():
             log.close()
-        thread.join(timeout=5)
+        # Briefly: the prefetch thread may sit in a bounded sample wait; it is a daemon, and a stopped learner must
+        # leave time for the replay server's final checkpoint within the launcher's shutdown grace period.
+        thread.join(timeout=1)
     return {name: grad_steps(name) for name in names}
 
 

@@ -640,7 +640,8 @@ class ParamStore:
 
     One item per publish, one step with columns ``[version int64[], fingerprint uint8[F], meta uint8[M] (JSON),
     description uint8[D], part_0 uint8[...], ...]`` (see `replay.params.pack`). ``params/{role}`` references all columns,
-    ``params_version/{role}`` only the first two, so polling the version moves a few bytes, not the network.
+    ``params_version/{role}`` only the first three, so polling the version (and the meta, e.g. a final flag) moves a
+    few bytes, not the network.
     """
 
     def __init__(self, address: str, connect_timeout_s: float = 30.0,
@@ -675,7 +676,7 @@ class ParamStore:
             writer.append(columns)
             step = [column[-1] for column in writer.history]
             writer.create_item(params_table(role), 1.0, step)
-            writer.create_item(params_version_table(role), 1.0, step[:2])
+            writer.create_item(params_version_table(role), 1.0, step[:3])
             writer.flush(timeout_ms=max(1, int(timeout_s * 1000)))
         except reverb.errors.DeadlineExceededError as error:
             raise ReplayTimeout(f"publishing params of {role!r} not confirmed within {timeout_s} s") from error
@@ -694,9 +695,16 @@ class ParamStore:
 
     def latest_version(self, role: str, timeout_s: float) -> tuple[int, str]:
         """``(version, fingerprint)`` of the newest params of `role`; `ReplayTimeout` if none within `timeout_s`."""
+        version, fingerprint, _ = self.latest_version_meta(role, timeout_s)
+        return version, fingerprint
+
+    def latest_version_meta(self, role: str, timeout_s: float) -> tuple[int, str, dict[str, Any]]:
+        """``(version, fingerprint, meta)`` of the newest params of `role`, without fetching the params."""
         self._require_role(role)
-        version, fingerprint_bytes = self._sample_one(params_version_table(role), timeout_s)
-        return int(version), bytes(fingerprint_bytes).decode("utf-8")
+        version, fingerprint_bytes, *rest = self._sample_one(params_version_table(role), timeout_s)
+        # Items restored from a checkpoint written before the meta column was added to this table have no meta.
+        meta = json.loads(bytes(rest[0]).decode("utf-8")) if rest else {}
+        return int(version), bytes(fingerprint_bytes).decode("utf-8"), meta
 
     def latest(self, role: str, expected_fingerprint: str, template: Any, timeout_s: float) -> tuple[int, Any]:
         """``(version, params)``: the newest params of `role`, rebuilt into the structure of `template`.
