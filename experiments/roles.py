@@ -29,6 +29,7 @@ from typing import Any
 
 from experiments.config import COLLECTOR, DecoupledConfig
 from experiments.runs import RunDirError, read_config
+from replay.schema import REPLAY_LAYOUT, checkpoint_layout, complete_checkpoints
 
 RUN_KIND = "run"
 STARVATION_POLL_SECONDS = 5.0
@@ -151,6 +152,13 @@ def run_replay(run_dir: Path, port: int) -> int:
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
     server = rb.start_server(tables_for(config), window_spec_for(config), port, str(checkpoint_dir))
     client = rb.wait_for_server(f"127.0.0.1:{server.port}", 30.0)
+    try:
+        # Reverb restores a checkpointed table with the signature it was saved with: refuse a foreign one here,
+        # not at the first write or sample of every other role.
+        rb.check_window_tables(client, tables_for(config).table_names, window_spec_for(config), 30.0)
+    except ValueError:
+        server.stop()
+        raise
     log = JsonlLogger(run_dir / "metrics" / "replay.jsonl", "replay")
     _say("replay", f"serving on port {server.port} (all interfaces, no authentication)")
     every = config.runtime.replay_checkpoint_every_seconds
@@ -413,12 +421,19 @@ def check_resume_state(run_dir: Path, config: DecoupledConfig) -> None:
 
 
 def _check_replay_checkpoint(root: Path) -> None:
-    """The newest complete Reverb checkpoint (a directory with a DONE marker) must consist of whole TFRecords."""
-    if not root.is_dir():
+    """The newest complete Reverb checkpoint must hold this depthrl's replay layout and consist of whole TFRecords."""
+    try:
+        layout = checkpoint_layout(root)
+    except (OSError, ValueError) as e:
+        raise RunDirError(f"replay checkpoint layout unknown: {e}") from None
+    if layout is None:
         return
-    done = sorted(p for p in root.iterdir() if p.is_dir() and (p / "DONE").exists())
-    if not done:
-        return
+    done = complete_checkpoints(root)
+    if layout != REPLAY_LAYOUT:
+        raise RunDirError(
+            f"replay checkpoint {done[-1]} holds windows in replay layout {layout}, this depthrl reads layout "
+            f"{REPLAY_LAYOUT} only. Move {root} aside to resume with an empty buffer: the learner checkpoints stay "
+            "valid and actors prefill again")
     for path in sorted(done[-1].glob("*.tfrecord")):
         problem = tfrecord_problem(path)
         if problem:

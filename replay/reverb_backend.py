@@ -8,6 +8,8 @@ Layout on one server (see replay/README.md for the reasoning):
   a Fifo remover and the same ``max_size_windows``. A writer appends each env's window once and creates an item
   in every table from that one step, so the stored chunks are shared; each table has its own rate limiter, hence
   its own update-to-data ratio.
+- a window item is packed into two columns (`replay.schema.WindowSpec.pack`, `REPLAY_LAYOUT`): Reverb's cost per
+  column of an item is fixed, so fewer columns mean cheaper writes and less memory per stored step.
 - two tiny *params tables* per publishing role: ``params/{role}`` (max_size 1, the newest params) and
   ``params_version/{role}`` (max_size 1, only version + fingerprint, so a reader can poll cheaply).
 
@@ -30,6 +32,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
@@ -39,7 +42,7 @@ from reverb import pybind
 from reverb.platform import checkpointers_lib
 
 from replay import params as params_lib
-from replay.schema import Window, WindowSpec
+from replay.schema import REPLAY_LAYOUT, Window, WindowSpec, stamp_checkpoint_layout
 
 # Learners are JAX processes that import this module for the sampler: TensorFlow must not claim an accelerator
 # there (a no-op with tensorflow-cpu, which is what the lock pins). RuntimeError: TF already initialised its
@@ -51,9 +54,12 @@ except RuntimeError:
 
 _T = TypeVar("_T")
 
-FIELD_ORDER: tuple[str, ...] = tuple(sorted(Window._fields))
-"""Column order of a window item: Reverb flattens dict structures by sorted key, so items are written and read
-in this order."""
+COLUMN_ORDER: tuple[str, ...] = ("provenance", "steps")
+"""Column order of a packed window item (`WindowSpec.pack`): Reverb flattens dict structures by sorted key, so items
+are written and read in this order."""
+
+LAYOUT_1_COLUMNS: tuple[str, ...] = tuple(sorted(Window._fields))
+"""The columns of replay layout 1 (one per `Window` field), recognised only to name it in an error."""
 
 PARAMS_TABLE_PREFIX = "params/"
 PARAMS_VERSION_TABLE_PREFIX = "params_version/"
@@ -215,21 +221,41 @@ def decode_server_config(text: str) -> tuple[ReplayTablesConfig, WindowSpec]:
 
 
 def window_signature(window_spec: WindowSpec) -> dict[str, tf.TensorSpec]:
-    """Reverb table signature of one window item: obs [T, S+G], action [T, A], traj_id [T], provenance []."""
+    """Reverb table signature of one packed window item: provenance int64 [3], steps float32 [T, W]."""
     return {
         name: tf.TensorSpec(shape, tf.as_dtype(dtype), name=name)
-        for name, (shape, dtype) in window_spec.shapes_and_dtypes().items()
+        for name, (shape, dtype) in window_spec.packed_shapes_and_dtypes().items()
     }
 
 
 def _check_signature(info: reverb.reverb_types.TableInfo, window_spec: WindowSpec) -> None:
     got = info.signature
     want = window_signature(window_spec)
+    if isinstance(got, Mapping) and tuple(sorted(got)) == LAYOUT_1_COLUMNS:
+        raise ValueError(f"table {info.name!r} holds windows in replay layout 1 (one column per field), restored from "
+                         f"a checkpoint written by an older depthrl; this depthrl stores layout {REPLAY_LAYOUT}")
     if not isinstance(got, Mapping) or set(got) != set(want):
-        raise ValueError(f"table {info.name!r} has signature {got}, expected window fields {sorted(want)}")
+        raise ValueError(f"table {info.name!r} has signature {got}, expected window columns {sorted(want)}")
     for name, spec in want.items():
         if got[name].shape != spec.shape or got[name].dtype != spec.dtype:
-            raise ValueError(f"table {info.name!r} field {name!r}: server has {got[name]}, expected {spec}")
+            raise ValueError(
+                f"table {info.name!r} column {name!r}: server has {got[name]}, expected {spec} (windows of "
+                f"{window_spec.window_length} steps, obs_dim {window_spec.obs_dim}, action_dim "
+                f"{window_spec.action_dim}): the table was built for another env or window length")
+
+
+def check_window_tables(client: reverb.Client, table_names: Sequence[str], window_spec: WindowSpec,
+                        timeout_s: float) -> None:
+    """ValueError unless every table in `table_names` exists with the window signature of `window_spec`.
+
+    A server checks this after start: Reverb restores a checkpointed table with the signature it was written with
+    and ignores the one the server was configured with, so a checkpoint of another layout or shape loads silently
+    and would only fail at the first write or sample."""
+    infos = server_info(client, timeout_s)
+    for name in table_names:
+        if name not in infos:
+            raise ValueError(f"replay server {client.server_address} has no table {name!r} (tables: {sorted(infos)})")
+        _check_signature(infos[name], window_spec)
 
 
 # ---------------------------------------------------------------------------------------------------- server
@@ -271,11 +297,14 @@ def start_server(
     """Start a Reverb server in this process (it serves from background threads until ``server.stop()``).
 
     With `checkpoint_dir`, checkpoints are written there and the newest one found there is loaded at start, so
-    a restarted server resumes with its items (and its rate-limiter counters). Without it Reverb would use a
+    a restarted server resumes with its items (and its rate-limiter counters). A directory without checkpoints gets
+    the `REPLAY_LAYOUT` stamp (`replay.schema.checkpoint_layout`); a loaded checkpoint keeps the signature it was
+    written with, so check it with `check_window_tables`. Without it Reverb would use a
     fresh temp dir that a restart never sees. `port` None lets Reverb pick a free port (``server.port``).
     """
     checkpointer = None
     if checkpoint_dir is not None:
+        stamp_checkpoint_layout(Path(checkpoint_dir))
         checkpointer = checkpointers_lib.DefaultCheckpointer(path=checkpoint_dir)
     return reverb.Server(tables=build_tables(tables_config, window_spec), port=port, checkpointer=checkpointer)
 
@@ -379,6 +408,11 @@ def serve_forever(
     signal.signal(signal.SIGINT, request_stop)
     server = start_server(tables_config, window_spec, port, checkpoint_dir)
     client = reverb.Client(f"127.0.0.1:{server.port}")
+    try:
+        check_window_tables(client, tables_config.table_names, window_spec, 30.0)  # a restored checkpoint may differ
+    except ValueError:
+        server.stop()
+        raise
     _log(f"serving tables {list(server_info(client, 30.0))} on port {server.port}")
     periodic = checkpoint_dir is not None and checkpoint_every_seconds > 0
     next_checkpoint = time.monotonic() + checkpoint_every_seconds
@@ -437,9 +471,9 @@ def _await(future: concurrent.futures.Future[_T], timeout_s: float, what: str) -
 class WindowWriter:
     """Writes batches of per-env windows into every learner table of one server.
 
-    Each env's window is appended as ONE step whose leaves are whole ``[T, ...]`` arrays (one Python call per
-    window instead of per env step, and one chunk per column per window), then an item referencing that step is
-    created in every table, so the tables share the chunks instead of copying them.
+    Each env's window is packed (`WindowSpec.pack`) and appended as ONE step of two columns (one Python call per
+    window instead of per env step, and two chunks per window), then an item referencing that step is created in
+    every table, so the tables share the chunks instead of copying them.
     """
 
     def __init__(
@@ -461,11 +495,7 @@ class WindowWriter:
         self._window_spec = window_spec
         self._flush_timeout_ms = flush_timeout_ms
         client = wait_for_server(address, connect_timeout_s)
-        infos = server_info(client, connect_timeout_s)
-        for name in self._table_names:
-            if name not in infos:
-                raise ValueError(f"replay server {address} has no table {name!r} (tables: {sorted(infos)})")
-            _check_signature(infos[name], window_spec)
+        check_window_tables(client, self._table_names, window_spec, connect_timeout_s)
         self._client = client
         # The C++ writer behind `client.trajectory_writer`, driven directly: the Python wrapper rebuilds a
         # `history` tree and re-flattens every item, which halved write throughput (measured 5K vs 8.7K
@@ -476,7 +506,7 @@ class WindowWriter:
         # Items are validated against the schema in `write`, which is cheaper than Reverb's per-item check.
         self._writer = client._client.NewTrajectoryWriter(  # noqa: SLF001 (see above)
             pybind.AutoTunedChunkerOptions(1, 1.0), False)  # (num_keep_alive_refs, throughput_weight), validate_items
-        self._squeezed = [True] * len(FIELD_ORDER)  # each item column is one squeezed step: [T, ...], not [1, T, ...]
+        self._squeezed = [True] * len(COLUMN_ORDER)  # each item column is one squeezed step: [T, W], not [1, T, W]
         # Reverb warns when 50 items are pending; flush every few envs to stay well below that.
         self._envs_per_flush = max(1, 24 // len(self._table_names))
         self._expected = {
@@ -487,7 +517,7 @@ class WindowWriter:
         self._unconfirmed_windows = 0
 
     def _check_batch(self, batch: Window) -> tuple[int, dict[str, np.ndarray]]:
-        arrays = {name: np.asarray(getattr(batch, name)) for name in FIELD_ORDER}
+        arrays = {name: np.asarray(getattr(batch, name)) for name in Window._fields}
         num_envs = arrays["obs"].shape[0] if arrays["obs"].ndim else -1
         for name, array in arrays.items():
             shape, dtype = self._expected[name]
@@ -507,9 +537,9 @@ class WindowWriter:
         num_envs, arrays = self._check_batch(batch)
         deadline = time.monotonic() + self._flush_timeout_ms / 1000.0
         self._unconfirmed_windows += num_envs
-        columns = [arrays[name] for name in FIELD_ORDER]
+        provenance, steps = self._window_spec.pack(Window(**arrays))  # COLUMN_ORDER
         for env in range(num_envs):
-            refs = self._writer.Append([column[env] for column in columns])
+            refs = self._writer.Append([provenance[env], steps[env]])
             step = [[ref] for ref in refs]
             for table in self._table_names:
                 self._writer.CreateItem(table, 1.0, step, self._squeezed)
@@ -572,9 +602,9 @@ class WindowSampler:
         table_name: str,
         windows_per_sample: int,
         timeout_s: float,
-        window_spec: WindowSpec | None = None,
+        window_spec: WindowSpec,
     ) -> None:
-        """`window_spec`, when given, must match the table's signature; otherwise the signature is used as is."""
+        """`window_spec` must match the table's signature; it also says how to unpack items into a `Window`."""
         if windows_per_sample <= 0:
             raise ValueError(f"windows_per_sample must be positive, got {windows_per_sample}")
         if timeout_s <= 0:
@@ -584,16 +614,8 @@ class WindowSampler:
         self._num = windows_per_sample
         self._timeout_s = timeout_s
         client = wait_for_server(address, timeout_s)
-        infos = server_info(client, timeout_s)
-        if table_name not in infos:
-            raise ValueError(f"replay server {address} has no table {table_name!r} (tables: {sorted(infos)})")
-        signature = infos[table_name].signature
-        if window_spec is not None:
-            _check_signature(infos[table_name], window_spec)
-        if not isinstance(signature, Mapping) or tuple(sorted(signature)) != FIELD_ORDER:
-            raise ValueError(f"table {table_name!r} does not hold windows (signature {signature})")
-        # Fields with a time axis are stacked at axis 1 ([T, N, ...]); per-item provenance at axis 0 ([N]).
-        self._time_major = tuple(len(signature[name].shape) > 0 for name in FIELD_ORDER)
+        check_window_tables(client, (table_name,), window_spec, timeout_s)
+        self._window_spec = window_spec
         self._client = client
         self._pending: concurrent.futures.Future[list[list[np.ndarray]]] | None = None
 
@@ -621,10 +643,9 @@ class WindowSampler:
             # again: the next call starts a fresh one. One still running is (see the class docstring).
             if self._pending.done():
                 self._pending = None
-        fields = {}
-        for index, (name, time_major) in enumerate(zip(FIELD_ORDER, self._time_major)):
-            fields[name] = np.stack([item[index] for item in items], axis=1 if time_major else 0)
-        return Window(**fields)
+        provenance = np.stack([item[0] for item in items], axis=0)  # [N, 3]
+        steps = np.stack([item[1] for item in items], axis=1)  # [T, N, W]: time-major, as relabelling wants
+        return self._window_spec.unpack(provenance, steps)
 
     def close(self) -> None:
         """Forget the client. A request still blocked inside Reverb cannot be cancelled: its daemon thread ends

@@ -3,14 +3,35 @@
 Shared by every transport (the in-process buffer of the single-process trainer and the Reverb tables of the
 decoupled runtime) and by the learner's relabelling, which consumes windows stacked as ``[T, N, ...]``.
 Pure numpy/JAX: importing this module never loads reverb or tensorflow.
+
+On the wire and in replay checkpoints a window is *packed* into two columns (`WindowSpec.pack`): Reverb charges a
+fixed cost per column of every item (a chunk, its compression and its bookkeeping), which for small windows dwarfs
+the payload. `REPLAY_LAYOUT` names that packing so a run directory can record which one its replay checkpoint holds.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
+from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
+
+REPLAY_LAYOUT = 2
+"""Version of the packed item layout stored in Reverb tables and their checkpoints.
+
+1: six columns, one per `Window` field. 2: two columns, ``provenance`` int64 [3] and ``steps`` float32
+[T, S+G+A+1] (see `WindowSpec.pack`). Reverb loads a checkpoint with the signature it was written with, whatever the
+server asks for, so a run directory records its layout and a resume refuses another one before anything starts."""
+
+LAYOUT_SUFFIX = ".layout"
+"""Beside a replay checkpoint directory D, the file ``D.layout`` holds the `REPLAY_LAYOUT` of D's checkpoints; it is
+written by `start_server` before the first checkpoint. D with complete checkpoints and no such file was written with
+layout 1. Not inside D: Reverb treats every entry there as a checkpoint, and deletes all but the newest by name."""
+
+PROVENANCE_FIELDS: tuple[str, ...] = ("actor_id", "param_version", "env_steps")
+"""Order of the per-item provenance in the packed ``provenance`` column."""
 
 
 class Window(NamedTuple):
@@ -71,5 +92,80 @@ class WindowSpec:
                 raise ValueError(f"window field {name!r}: dtype {value.dtype}, expected {dtype}")
 
     def bytes_per_item(self) -> int:
-        """Raw payload bytes of one item (for memory benchmarks)."""
+        """Raw payload bytes of one item, unpacked (for memory benchmarks)."""
         return sum(int(np.prod(s)) * d.itemsize for s, d in self.shapes_and_dtypes().values())
+
+    @property
+    def step_width(self) -> int:
+        """W = S+G + A + 1: floats per step in the packed ``steps`` column (obs, action, then traj_id's bits)."""
+        return self.obs_dim + self.action_dim + 1
+
+    def packed_shapes_and_dtypes(self) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+        """Column name -> (shape, dtype) of one packed item, in the order `pack` returns them (sorted by name)."""
+        return {
+            "provenance": ((len(PROVENANCE_FIELDS),), np.dtype(np.int64)),
+            "steps": ((self.window_length, self.step_width), np.dtype(np.float32)),
+        }
+
+    def pack(self, batch: Window) -> tuple[np.ndarray, np.ndarray]:
+        """``(provenance int64 [E, 3], steps float32 [E, T, W])`` of a batch of E windows (fields ``[E, T, ...]``,
+        provenance ``[E]``). ``traj_id`` travels as the bit pattern of an int32 in the last float32 of each step:
+        copied, never computed with, so every value survives exactly."""
+        obs = np.asarray(batch.obs, np.float32)
+        num_envs = obs.shape[0]
+        steps = np.empty((num_envs, self.window_length, self.step_width), np.float32)
+        steps[..., :self.obs_dim] = obs
+        steps[..., self.obs_dim:-1] = batch.action
+        steps[..., -1] = np.asarray(batch.traj_id, np.int32).view(np.float32)
+        provenance = np.stack([np.asarray(getattr(batch, name), np.int64) for name in PROVENANCE_FIELDS], axis=-1)
+        return provenance, steps
+
+    def unpack(self, provenance: np.ndarray, steps: np.ndarray) -> Window:
+        """Inverse of `pack` for any layout of leading axes: ``provenance [..., 3]`` and ``steps [..., W]`` (e.g. the
+        sampler's time-major ``[T, N, W]`` with provenance ``[N, 3]``). Fields are contiguous copies."""
+        return Window(
+            obs=np.ascontiguousarray(steps[..., :self.obs_dim]),
+            action=np.ascontiguousarray(steps[..., self.obs_dim:-1]),
+            traj_id=np.ascontiguousarray(steps[..., -1]).view(np.int32),
+            actor_id=provenance[..., 0].astype(np.int32),
+            param_version=np.ascontiguousarray(provenance[..., 1]),
+            env_steps=np.ascontiguousarray(provenance[..., 2]),
+        )
+
+
+def complete_checkpoints(checkpoint_dir: Path) -> list[Path]:
+    """Complete Reverb checkpoints (directories with a DONE marker) in `checkpoint_dir`, oldest first."""
+    if not checkpoint_dir.is_dir():
+        return []
+    return sorted(p for p in checkpoint_dir.iterdir() if p.is_dir() and (p / "DONE").exists())
+
+
+def layout_file(checkpoint_dir: Path) -> Path:
+    """Where the layout of the checkpoints in `checkpoint_dir` is recorded (see `LAYOUT_SUFFIX`)."""
+    return checkpoint_dir.parent / (checkpoint_dir.name + LAYOUT_SUFFIX)
+
+
+def checkpoint_layout(checkpoint_dir: Path) -> int | None:
+    """The replay layout of the checkpoints in `checkpoint_dir`; None when it holds no complete checkpoint.
+    OSError when the layout file exists but cannot be read; ValueError when it does not hold a number."""
+    if not complete_checkpoints(checkpoint_dir):
+        return None
+    try:
+        text = layout_file(checkpoint_dir).read_text()
+    except FileNotFoundError:
+        return 1
+    try:
+        return int(text.strip())
+    except ValueError:
+        raise ValueError(f"{layout_file(checkpoint_dir)} holds {text[:40]!r}, not a replay layout number") from None
+
+
+def stamp_checkpoint_layout(checkpoint_dir: Path) -> None:
+    """Record `REPLAY_LAYOUT` in `checkpoint_dir` unless it already holds checkpoints (they keep their own layout)."""
+    if complete_checkpoints(checkpoint_dir):
+        return
+    path = layout_file(checkpoint_dir)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(f"{REPLAY_LAYOUT}\n")
+    os.replace(tmp, path)

@@ -153,6 +153,17 @@ def damaged(relative_glob: str, how: Callable[[bytes], bytes]) -> Setup:
     return setup
 
 
+def without(relative_path: str) -> Setup:
+    """A copy of the stopped run with one file removed."""
+
+    def setup(case: Path, stopped: Path, port: int) -> Path:
+        run_dir = copy_of_stopped(case, stopped, port)
+        (run_dir / relative_path).unlink()
+        return run_dir
+
+    return setup
+
+
 def half(data: bytes) -> bytes:
     return data[: len(data) // 2]
 
@@ -283,6 +294,11 @@ CASES: list[tuple[str, list[str], Setup, list[str]]] = [
     ("resume_replay_checkpoint_corrupted", ["resume", R],
      damaged("replay_checkpoint/*/tables.tfrecord", flip_middle_bytes),
      ["replay checkpoint", "tables.tfrecord is damaged"]),
+    ("resume_replay_checkpoint_of_layout_1", ["resume", R], without("replay_checkpoint.layout"),
+     ["replay checkpoint", "holds windows in replay layout 1", "reads layout 2 only", "Move", "aside",
+      "learner checkpoints stay valid"]),
+    ("resume_replay_layout_file_garbled", ["resume", R], damaged("replay_checkpoint.layout", lambda b: b"two\n"),
+     ["replay checkpoint layout unknown", "replay_checkpoint.layout holds 'two", "not a replay layout number"]),
     # role commands started by hand
     ("role_actor_id_out_of_range", ["actor", "--run-dir", R, "--replay", "127.0.0.1:8000", "--actor-id", "1"],
      copy_of_stopped, ["--actor-id must be in 0..0", "1 actors", "got 1"]),

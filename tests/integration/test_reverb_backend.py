@@ -29,6 +29,8 @@ def make_batch(spec: WindowSpec, num_envs: int, seed: int, first_env_steps: int 
     t = spec.window_length
     traj_id = np.repeat((np.arange(t) >= t // 2)[None, :], num_envs, axis=0).astype(np.int32)  # one reset mid-window
     traj_id += np.arange(num_envs, dtype=np.int32)[:, None] * 10
+    # Bit patterns that are NaNs, infinities and negative zero as float32: traj_id travels inside a float column.
+    traj_id[0, :4] = [0x7FC00001, 0x7F800000, -0x80000000, 2**31 - 1]
     return Window(
         obs=rng.standard_normal((num_envs, t, spec.obs_dim), dtype=np.float32),
         action=rng.uniform(-1.0, 1.0, (num_envs, t, spec.action_dim)).astype(np.float32),
@@ -136,7 +138,7 @@ def test_writer_rejects_malformed_batches_and_mismatched_tables(replay_server: S
     with pytest.raises(ValueError, match="no table"):
         rb.WindowWriter(replay_server.address, ("missing",), spec, flush_timeout_ms=1_000)
     other_spec = WindowSpec(window_length=spec.window_length, obs_dim=spec.obs_dim + 1, action_dim=spec.action_dim)
-    with pytest.raises(ValueError, match="obs"):
+    with pytest.raises(ValueError, match="obs_dim 32"):
         rb.WindowWriter(replay_server.address, ("rt_a",), other_spec, flush_timeout_ms=1_000)
 
 
@@ -145,7 +147,7 @@ def test_sampler_times_out_at_the_rate_limit_and_resumes_after_inserts(replay_se
     spec = SHARED_WINDOW_SPEC
     timeout_s = 1.0
     writer = rb.WindowWriter(replay_server.address, ("ratio",), spec, flush_timeout_ms=10_000)
-    sampler = rb.WindowSampler(replay_server.address, "ratio", windows_per_sample=1, timeout_s=timeout_s)
+    sampler = rb.WindowSampler(replay_server.address, "ratio", windows_per_sample=1, timeout_s=timeout_s, window_spec=spec)
     writer.write(make_batch(spec, num_envs=2, seed=3))  # 2 inserts: exactly 2 samples allowed (error 2 -> 0)
     sampler.sample()
     sampler.sample()
@@ -185,7 +187,7 @@ def test_writer_times_out_when_a_limiter_blocks_inserts_and_delivers_later(repla
         writer.wait_confirmed(timeout_s=0.5)
     assert time.monotonic() - start < 1.0
     # One sample makes room for the queued fourth window, which the writer still delivers (once, not twice).
-    rb.WindowSampler(replay_server.address, "insert_block", windows_per_sample=1, timeout_s=5.0).sample()
+    rb.WindowSampler(replay_server.address, "insert_block", windows_per_sample=1, timeout_s=5.0, window_spec=spec).sample()
     writer.wait_confirmed(timeout_s=10.0)
     assert writer.windows_written == 4
     assert rb.replay_metrics(replay_server.address, timeout_s=5)["replay/insert_block/size"] == 4
@@ -199,9 +201,9 @@ def test_limiter_without_insert_blocking_only_limits_sampling(replay_server: Ser
     spec = SHARED_WINDOW_SPEC
     with rb.WindowWriter(replay_server.address, ("sample_only_limit",), spec, flush_timeout_ms=5_000) as writer:
         writer.write(make_batch(spec, num_envs=5, seed=30))
-    rb.WindowSampler(replay_server.address, "sample_only_limit", windows_per_sample=6, timeout_s=5.0).sample()
+    rb.WindowSampler(replay_server.address, "sample_only_limit", windows_per_sample=6, timeout_s=5.0, window_spec=spec).sample()
     with pytest.raises(rb.ReplayTimeout):
-        rb.WindowSampler(replay_server.address, "sample_only_limit", windows_per_sample=1, timeout_s=0.5).sample()
+        rb.WindowSampler(replay_server.address, "sample_only_limit", windows_per_sample=1, timeout_s=0.5, window_spec=spec).sample()
     metrics = rb.replay_metrics(replay_server.address, timeout_s=5)
     assert (metrics["replay/sample_only_limit/inserts"], metrics["replay/sample_only_limit/samples"]) == (5, 6)
 
@@ -289,6 +291,41 @@ def test_learner_tables_share_chunks_instead_of_copying(replay_server: ServerPro
     assert growth[3] < 1.5 * growth[1], f"growth 1 table {growth[1] / 1e6:.1f} MB, 3 tables {growth[3] / 1e6:.1f} MB"
 
 
+def test_a_checkpoint_of_replay_layout_1_is_refused_not_silently_loaded(launch_server: LaunchServer,
+                                                                        tmp_path: Path) -> None:
+    """Reverb restores a checkpointed table with the signature it was saved with, whatever the server asks for. A
+    checkpoint of the old six-column layout (written here the way depthrl wrote it before layout 2) must stop the
+    server with a message naming the layout, and the stamp says which layout the directory holds."""
+    import reverb
+    import tensorflow as tf
+    from reverb.platform import checkpointers_lib
+
+    from replay.schema import checkpoint_layout
+
+    spec = WindowSpec(window_length=4, obs_dim=3, action_dim=2)
+    checkpoint_dir = tmp_path / "checkpoints"
+    old_signature = {name: tf.TensorSpec(shape, tf.as_dtype(dtype), name=name)
+                     for name, (shape, dtype) in spec.shapes_and_dtypes().items()}
+    old = reverb.Server([reverb.Table("collector", reverb.selectors.Uniform(), reverb.selectors.Fifo(), 100,
+                                      reverb.rate_limiters.MinSize(1), signature=old_signature)],
+                        port=None, checkpointer=checkpointers_lib.DefaultCheckpointer(path=str(checkpoint_dir)))
+    try:
+        reverb.Client(f"127.0.0.1:{old.port}").checkpoint()
+    finally:
+        old.stop()
+    assert checkpoint_layout(checkpoint_dir) == 1  # complete checkpoint, no stamp
+
+    config = rb.ReplayTablesConfig(learners=(rb.LearnerTableConfig("collector", None, 1),), max_size_windows=100)
+    server = launch_server(config, spec, checkpoint_dir=checkpoint_dir)
+    assert server.process.wait(timeout=120) != 0
+    assert "holds windows in replay layout 1" in server.log_tail(), server.log_tail()
+    assert checkpoint_layout(checkpoint_dir) == 1  # the old checkpoint is not relabelled
+
+    fresh_dir = tmp_path / "fresh"
+    rb.start_server(config, spec, None, str(fresh_dir)).stop()
+    assert (tmp_path / "fresh.layout").read_text().strip() == "2" and checkpoint_layout(fresh_dir) is None
+
+
 def test_checkpoint_on_sigterm_and_restart_restores_items(launch_server: LaunchServer, tmp_path: Path) -> None:
     spec = WindowSpec(window_length=16, obs_dim=5, action_dim=3)
     config = rb.ReplayTablesConfig(learners=(rb.LearnerTableConfig("collector", None, 1),), max_size_windows=100)
@@ -305,13 +342,13 @@ def test_checkpoint_on_sigterm_and_restart_restores_items(launch_server: LaunchS
     assert first.terminate() == 0, first.log_tail()
     assert "final checkpoint written" in first.log_tail(), first.log_tail()
     with pytest.raises(rb.ReplayTimeout):  # a dead server gives a bounded failure, not a hang
-        rb.WindowSampler(first.address, "collector", windows_per_sample=1, timeout_s=1.0)
+        rb.WindowSampler(first.address, "collector", windows_per_sample=1, timeout_s=1.0, window_spec=spec)
 
     second = launch_server(config, spec, checkpoint_dir=checkpoint_dir)
     second.wait_ready()
     metrics = rb.replay_metrics(second.address, timeout_s=10)
     assert metrics["replay/collector/size"] == 12
-    sample = rb.WindowSampler(second.address, "collector", windows_per_sample=24, timeout_s=10.0).sample()
+    sample = rb.WindowSampler(second.address, "collector", windows_per_sample=24, timeout_s=10.0, window_spec=spec).sample()
     by_steps = window_by_env_steps(batch)
     for column in range(24):
         source = by_steps[int(sample.env_steps[column])]
