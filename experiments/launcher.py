@@ -208,7 +208,9 @@ def progress_table(run_dir: Path, config: DecoupledConfig, roles: list[Role] | N
         if not rows:
             continue
         last, role = rows[-1], rows[-1]["role"]
-        parts = [f"{role:<16}", f"env {last['env_steps']:>10,}", f"grad {last['grad_steps']:>8,}"]
+        parts = [f"{role:<16}"]
+        if role != "replay":  # the server counts windows per table (below), not env or grad steps
+            parts += [f"env {last['env_steps']:>10,}", f"grad {last['grad_steps']:>8,}"]
         for key, label, fmt in (
             ("time_at_goal", "time_at_goal", "{:.1f}"), ("success_any", "success_any", "{:.2f}"),
             ("critic_accuracy", "acc", "{:.2f}"), ("update_to_data", "utd", "{:.4f}"),
@@ -232,8 +234,9 @@ def progress_table(run_dir: Path, config: DecoupledConfig, roles: list[Role] | N
                 if size is not None:
                     samples_wait = last.get(f"replay/{table}/worker_waiting_for_inserts_ms", 0) / 1000
                     inserts_wait = last.get(f"replay/{table}/worker_waiting_for_sampling_ms", 0) / 1000
-                    parts.append(f"{table}: size {size:.0f} samples_wait_s {samples_wait:.0f} "
-                                 f"inserts_wait_s {inserts_wait:.0f}")
+                    inserted = last.get(f"replay/{table}/inserts", 0)
+                    parts.append(f"{table}: size {size:.0f} inserted {inserted:,.0f} samples_wait_s "
+                                 f"{samples_wait:.0f} inserts_wait_s {inserts_wait:.0f}")
         launched = _launcher_role(roles or [], role)
         if launched is not None and launched.restarts:
             parts.append(f"restarts {launched.restarts}")

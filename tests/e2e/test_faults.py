@@ -468,6 +468,10 @@ def test_progress_table_flags_down_stalled_and_blocking_roles(tmp_path):
     (metrics / "learner_d4.jsonl").write_text(json.dumps({**row, "role": "learner_d4"}) + "\n")
     (metrics / "actor_0.jsonl").write_text(json.dumps({**row, "role": "actor_0"}) + "\n")
     (metrics / "eval_collector.jsonl").write_text(json.dumps({**row, "role": "eval_collector"}) + "\n")
+    (metrics / "replay.jsonl").write_text(json.dumps({
+        "wall_time": 1.0, "env_steps": 0, "grad_steps": 0, "param_version": 0, "role": "replay",
+        "replay/collector/size": 40.0, "replay/collector/inserts": 1234.0,
+        "replay/collector/worker_waiting_for_inserts_ms": 3000.0}) + "\n")
     old = time.time() - STALE_AFTER_SECONDS - 15
     for name in ("learner_d4", "eval_collector"):
         os.utime(metrics / f"{name}.jsonl", (old, old))
@@ -482,3 +486,5 @@ def test_progress_table_flags_down_stalled_and_blocking_roles(tmp_path):
     assert "STALLED" not in lines["collector"] and "STALLED" not in lines["eval_collector"]
     assert "BLOCKING ACTORS" in lines["collector"]
     assert "wait_data_s 12.5  limiter_blocked_samples_s 7  limiter_blocked_inserts_s 2" in lines["collector"]
+    assert "collector: size 40 inserted 1,234 samples_wait_s 3 inserts_wait_s 0" in lines["replay"]
+    assert "env " not in lines["replay"] and "grad " not in lines["replay"]  # counters the server does not keep
