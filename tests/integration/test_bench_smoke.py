@@ -5,7 +5,7 @@ what is timed and how it is attributed behave as documented (hand-computed expec
 
 Running the benches themselves in ``--quick`` mode takes far more than the 20 s budget of a smoke test on the 2-core
 development machine (measured under load: replay_overhead 28-45 s, actor_overhead ~55 s, replay_memory ~2 min,
-end_to_end ~2 min; each starts a replay server and compiles a learner or a rollout), so that test is opt-in:
+end_to_end ~2 min, window_write_cost ~30 s; each starts a replay server and compiles a learner or a rollout), so that test is opt-in:
 ``DEPTHRL_BENCH_SMOKE=1 pytest -m slow tests/integration/test_bench_smoke.py``.
 """
 
@@ -19,13 +19,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bench import actor_overhead, end_to_end, gpu_learner_step, replay_memory, replay_overhead
+from bench import actor_overhead, end_to_end, gpu_learner_step, replay_memory, replay_overhead, window_write_cost
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-BENCHES = ("replay_overhead", "actor_overhead", "replay_memory", "end_to_end", "gpu_learner_step")
+BENCHES = ("replay_overhead", "actor_overhead", "replay_memory", "end_to_end", "gpu_learner_step",
+           "window_write_cost")
 
 
-@pytest.mark.parametrize("module", [replay_overhead, actor_overhead, replay_memory, end_to_end, gpu_learner_step])
+@pytest.mark.parametrize("module", [replay_overhead, actor_overhead, replay_memory, end_to_end, gpu_learner_step,
+                                    window_write_cost])
 def test_quick_arguments_parse(module):
     args = module.parse_args(["--quick"])
     assert args.quick
