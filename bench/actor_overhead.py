@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import statistics
 import sys
 import tempfile
@@ -38,7 +37,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.replay_overhead import ReplayServerProcess, abba_order, log, machine_line
+from bench.replay_overhead import ReplayServerProcess, abba_order, log, finish, machine_line
 
 DEFAULT_NUM_ENVS = {"point": 256, "ant": 8, "humanoid": 8, "reacher": 64}
 """Env slots per actor by env family: enough that one window batch takes a fraction of a second to seconds."""
@@ -267,10 +266,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             rows.append(row)
             print(format_rows([row]).split("\n", 2)[-1], flush=True)
     args.pairs = pairs_arg
-    print(f"total bench wall time {time.perf_counter() - wall_start:.0f} s; {machine_line()}")
-    if args.json_out:
-        with open(args.json_out, "w") as f:
-            json.dump({"machine": machine_line(), "args": vars(args), "rows": rows}, f, indent=1)
+    finish(args, wall_start, rows=rows)
     return rows
 
 

@@ -34,7 +34,6 @@ a time with both cores.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import subprocess
@@ -44,7 +43,7 @@ import threading
 import time
 from pathlib import Path
 
-from bench.replay_overhead import REPO_ROOT, log, machine_line
+from bench.replay_overhead import REPO_ROOT, finish, log, machine_line
 
 MODES = ("decoupled", "single")
 STEADY_FROM, STEADY_TO = 0.3, 0.9
@@ -275,11 +274,7 @@ def main(argv: list[str] | None = None) -> dict:
         roles = ", ".join(f"{role} {sec:.0f}" for role, sec in sorted(r["cpu_seconds_by_role"].items(),
                                                                         key=lambda kv: -kv[1]))
         print(f"  {r['mode']:<9} #{r['repeat']}: wall {r['wall_seconds']:.0f} s; {roles}")
-    print(f"total bench wall time {time.perf_counter() - wall_start:.0f} s; {machine_line()}")
-    if args.json_out:
-        with open(args.json_out, "w") as f:
-            json.dump({"machine": machine_line(), "args": vars(args), "results": results, "summary": summary}, f,
-                      indent=1)
+    finish(args, wall_start, results=results, summary=summary)
     return summary
 
 

@@ -24,12 +24,11 @@ rollouts. Each batch is generated fresh: nothing repeats, as in a run.
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 import time
 from pathlib import Path
 
-from bench.replay_overhead import ReplayServerProcess, log, machine_line, synthetic_windows, write_windows
+from bench.replay_overhead import ReplayServerProcess, log, finish, machine_line, synthetic_windows, write_windows
 
 SETTLE_SECONDS = 1.0
 """Pause before reading RSS, so that the server's worker threads have finished with the last writes."""
@@ -147,10 +146,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 if r["tables"] == 1 and r["env"] == row["env"] and r["stored_steps"] == row["stored_steps"]]
         row["vs_one_table"] = row["ratio"] / base[0]["ratio"] if base else float("nan")
     print(format_rows(rows))
-    print(f"total bench wall time {time.perf_counter() - wall_start:.0f} s; {machine_line()}")
-    if args.json_out:
-        with open(args.json_out, "w") as f:
-            json.dump({"machine": machine_line(), "args": vars(args), "rows": rows}, f, indent=1)
+    finish(args, wall_start, rows=rows)
     return rows
 
 

@@ -80,6 +80,15 @@ def machine_line() -> str:
             f"backend={jax.default_backend()}")
 
 
+def finish(args, wall_start: float, **results) -> None:
+    """Print the bench's total wall time with the machine line, and write `results` (with the machine line and the
+    arguments) to ``args.json_out`` when it is set."""
+    print(f"total bench wall time {time.perf_counter() - wall_start:.0f} s; {machine_line()}")
+    if args.json_out:
+        with open(args.json_out, "w") as f:
+            json.dump({"machine": machine_line(), "args": vars(args), **results}, f, indent=1)
+
+
 def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
@@ -470,10 +479,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             row = measure_depth(args, depth, spec, windows, server, Path(tmp))
             rows.append(row)
             print(format_rows([row]).split("\n", 2)[-1], flush=True)
-    print(f"total bench wall time {time.perf_counter() - wall_start:.0f} s; {machine_line()}")
-    if args.json_out:
-        with open(args.json_out, "w") as f:
-            json.dump({"machine": machine_line(), "args": vars(args), "rows": rows}, f, indent=1)
+    finish(args, wall_start, rows=rows)
     return rows
 
 

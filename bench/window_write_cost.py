@@ -24,13 +24,12 @@ which only uses `WindowWriter`, `ReplayTablesConfig` and the bench helpers, all 
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
-from bench.replay_overhead import ReplayServerProcess, machine_line, synthetic_windows
+from bench.replay_overhead import ReplayServerProcess, finish, machine_line, synthetic_windows
 
 
 def _cpu_seconds(process) -> float:
@@ -124,10 +123,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             for num_tables in args.tables:
                 rows.append(measure(env_name, num_tables, args, Path(tmp)))
     print(format_rows(rows))
-    print(f"total bench wall time {time.perf_counter() - wall_start:.0f} s; {machine_line()}")
-    if args.json_out:
-        with open(args.json_out, "w") as f:
-            json.dump({"machine": machine_line(), "args": vars(args), "rows": rows}, f, indent=1)
+    finish(args, wall_start, rows=rows)
     return rows
 
 
