@@ -54,10 +54,6 @@ except RuntimeError:
 
 _T = TypeVar("_T")
 
-COLUMN_ORDER: tuple[str, ...] = ("provenance", "steps")
-"""Column order of a packed window item (`WindowSpec.pack`): Reverb flattens dict structures by sorted key, so items
-are written and read in this order."""
-
 LAYOUT_1_COLUMNS: tuple[str, ...] = tuple(sorted(Window._fields))
 """The columns of replay layout 1 (one per `Window` field), recognised only to name it in an error."""
 
@@ -138,6 +134,7 @@ class LearnerTableConfig:
     """True: a learner that falls `error_buffer_samples` behind blocks inserts (and with them every actor, since a
     writer inserts into all tables). False: only sampling is limited (the learner can never run *ahead* of its
     ratio), inserts never wait for this table, and a slow learner simply falls behind its ratio."""
+
     def rate_limiter(self) -> reverb.rate_limiters.RateLimiter:
         if self.samples_per_insert is None:
             return reverb.rate_limiters.MinSize(self.min_size_to_sample_windows)
@@ -297,16 +294,26 @@ def start_server(
     """Start a Reverb server in this process (it serves from background threads until ``server.stop()``).
 
     With `checkpoint_dir`, checkpoints are written there and the newest one found there is loaded at start, so
-    a restarted server resumes with its items (and its rate-limiter counters). A directory without checkpoints gets
-    the `REPLAY_LAYOUT` stamp (`replay.schema.checkpoint_layout`); a loaded checkpoint keeps the signature it was
-    written with, so check it with `check_window_tables`. Without it Reverb would use a
-    fresh temp dir that a restart never sees. `port` None lets Reverb pick a free port (``server.port``).
+    a restarted server resumes with its items (and its rate-limiter counters). Without it Reverb would use a fresh
+    temp dir that a restart never sees. A directory without checkpoints gets the `REPLAY_LAYOUT` stamp
+    (`replay.schema.checkpoint_layout`). Reverb restores a checkpointed table with the signature it was written with,
+    whatever `window_spec` says, so after a restore the tables are checked (`check_window_tables`) and a mismatch
+    stops the server with a ValueError instead of failing at the first write or sample of every client.
+    `port` None lets Reverb pick a free port (``server.port``).
     """
     checkpointer = None
     if checkpoint_dir is not None:
         stamp_checkpoint_layout(Path(checkpoint_dir))
         checkpointer = checkpointers_lib.DefaultCheckpointer(path=checkpoint_dir)
-    return reverb.Server(tables=build_tables(tables_config, window_spec), port=port, checkpointer=checkpointer)
+    server = reverb.Server(tables=build_tables(tables_config, window_spec), port=port, checkpointer=checkpointer)
+    if checkpointer is not None:
+        try:
+            check_window_tables(reverb.Client(f"127.0.0.1:{server.port}"), tables_config.table_names, window_spec,
+                                30.0)
+        except BaseException:
+            server.stop()
+            raise
+    return server
 
 
 def _timeout_seconds_arg(timeout_s: float) -> int:
@@ -408,11 +415,6 @@ def serve_forever(
     signal.signal(signal.SIGINT, request_stop)
     server = start_server(tables_config, window_spec, port, checkpoint_dir)
     client = reverb.Client(f"127.0.0.1:{server.port}")
-    try:
-        check_window_tables(client, tables_config.table_names, window_spec, 30.0)  # a restored checkpoint may differ
-    except ValueError:
-        server.stop()
-        raise
     _log(f"serving tables {list(server_info(client, 30.0))} on port {server.port}")
     periodic = checkpoint_dir is not None and checkpoint_every_seconds > 0
     next_checkpoint = time.monotonic() + checkpoint_every_seconds
@@ -506,7 +508,8 @@ class WindowWriter:
         # Items are validated against the schema in `write`, which is cheaper than Reverb's per-item check.
         self._writer = client._client.NewTrajectoryWriter(  # noqa: SLF001 (see above)
             pybind.AutoTunedChunkerOptions(1, 1.0), False)  # (num_keep_alive_refs, throughput_weight), validate_items
-        self._squeezed = [True] * len(COLUMN_ORDER)  # each item column is one squeezed step: [T, W], not [1, T, W]
+        # Each item column is one squeezed step ([T, W], not [1, T, W]).
+        self._squeezed = [True] * len(window_spec.packed_shapes_and_dtypes())
         # Reverb warns when 50 items are pending; flush every few envs to stay well below that.
         self._envs_per_flush = max(1, 24 // len(self._table_names))
         self._expected = {
@@ -537,7 +540,7 @@ class WindowWriter:
         num_envs, arrays = self._check_batch(batch)
         deadline = time.monotonic() + self._flush_timeout_ms / 1000.0
         self._unconfirmed_windows += num_envs
-        provenance, steps = self._window_spec.pack(Window(**arrays))  # COLUMN_ORDER
+        provenance, steps = self._window_spec.pack(Window(**arrays))  # the signature's (sorted) column order
         for env in range(num_envs):
             refs = self._writer.Append([provenance[env], steps[env]])
             step = [[ref] for ref in refs]
