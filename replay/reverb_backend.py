@@ -8,7 +8,7 @@ Layout on one server (see replay/README.md for the reasoning):
   a Fifo remover and the same ``max_size_windows``. A writer appends each env's window once and creates an item
   in every table from that one step, so the stored chunks are shared; each table has its own rate limiter, hence
   its own update-to-data ratio.
-- a window item is packed into two columns (`replay.schema.WindowSpec.pack`, `REPLAY_LAYOUT`): Reverb's cost per
+- a window item is packed into one column (`replay.schema.WindowSpec.pack`, `REPLAY_LAYOUT`): Reverb's cost per
   column of an item is fixed, so fewer columns mean cheaper writes and less memory per stored step.
 - two tiny *params tables* per publishing role: ``params/{role}`` (max_size 1, the newest params) and
   ``params_version/{role}`` (max_size 1, only version + fingerprint, so a reader can poll cheaply).
@@ -42,7 +42,7 @@ from reverb import pybind
 from reverb.platform import checkpointers_lib
 
 from replay import params as params_lib
-from replay.schema import REPLAY_LAYOUT, Window, WindowSpec, stamp_checkpoint_layout
+from replay.schema import LAYOUT_COLUMNS, REPLAY_LAYOUT, Window, WindowSpec, stamp_checkpoint_layout
 
 # Learners are JAX processes that import this module for the sampler: TensorFlow must not claim an accelerator
 # there (a no-op with tensorflow-cpu, which is what the lock pins). RuntimeError: TF already initialised its
@@ -53,9 +53,6 @@ except RuntimeError:
     pass
 
 _T = TypeVar("_T")
-
-LAYOUT_1_COLUMNS: tuple[str, ...] = tuple(sorted(Window._fields))
-"""The columns of replay layout 1 (one per `Window` field), recognised only to name it in an error."""
 
 PARAMS_TABLE_PREFIX = "params/"
 PARAMS_VERSION_TABLE_PREFIX = "params_version/"
@@ -218,7 +215,7 @@ def decode_server_config(text: str) -> tuple[ReplayTablesConfig, WindowSpec]:
 
 
 def window_signature(window_spec: WindowSpec) -> dict[str, tf.TensorSpec]:
-    """Reverb table signature of one packed window item: provenance int64 [3], steps float32 [T, W]."""
+    """Reverb table signature of one packed window item: ``window`` float32 [T + R, W] (`WindowSpec.pack`)."""
     return {
         name: tf.TensorSpec(shape, tf.as_dtype(dtype), name=name)
         for name, (shape, dtype) in window_spec.packed_shapes_and_dtypes().items()
@@ -228,9 +225,11 @@ def window_signature(window_spec: WindowSpec) -> dict[str, tf.TensorSpec]:
 def _check_signature(info: reverb.reverb_types.TableInfo, window_spec: WindowSpec) -> None:
     got = info.signature
     want = window_signature(window_spec)
-    if isinstance(got, Mapping) and tuple(sorted(got)) == LAYOUT_1_COLUMNS:
-        raise ValueError(f"table {info.name!r} holds windows in replay layout 1 (one column per field), restored from "
-                         f"a checkpoint written by an older depthrl; this depthrl stores layout {REPLAY_LAYOUT}")
+    old_layout = LAYOUT_COLUMNS.get(tuple(sorted(got))) if isinstance(got, Mapping) else None
+    if old_layout is not None and old_layout != REPLAY_LAYOUT:
+        raise ValueError(f"table {info.name!r} holds windows in replay layout {old_layout} (columns {sorted(got)}), "
+                         f"restored from a checkpoint written by an older depthrl; this depthrl stores layout "
+                         f"{REPLAY_LAYOUT}")
     if not isinstance(got, Mapping) or set(got) != set(want):
         raise ValueError(f"table {info.name!r} has signature {got}, expected window columns {sorted(want)}")
     for name, spec in want.items():
@@ -473,9 +472,9 @@ def _await(future: concurrent.futures.Future[_T], timeout_s: float, what: str) -
 class WindowWriter:
     """Writes batches of per-env windows into every learner table of one server.
 
-    Each env's window is packed (`WindowSpec.pack`) and appended as ONE step of two columns (one Python call per
-    window instead of per env step, and two chunks per window), then an item referencing that step is created in
-    every table, so the tables share the chunks instead of copying them.
+    Each env's window is packed (`WindowSpec.pack`) and appended as ONE step of one column (one Python call per
+    window instead of per env step, and one chunk per window), then an item referencing that step is created in
+    every table, so the tables share the chunk instead of copying it.
     """
 
     def __init__(
@@ -508,8 +507,8 @@ class WindowWriter:
         # Items are validated against the schema in `write`, which is cheaper than Reverb's per-item check.
         self._writer = client._client.NewTrajectoryWriter(  # noqa: SLF001 (see above)
             pybind.AutoTunedChunkerOptions(1, 1.0), False)  # (num_keep_alive_refs, throughput_weight), validate_items
-        # Each item column is one squeezed step ([T, W], not [1, T, W]).
-        self._squeezed = [True] * len(window_spec.packed_shapes_and_dtypes())
+        # The item's one column is one squeezed step ([T + R, W], not [1, T + R, W]).
+        self._squeezed = [True]
         # Reverb warns when 50 items are pending; flush every few envs to stay well below that.
         self._envs_per_flush = max(1, 24 // len(self._table_names))
         self._expected = {
@@ -540,10 +539,10 @@ class WindowWriter:
         num_envs, arrays = self._check_batch(batch)
         deadline = time.monotonic() + self._flush_timeout_ms / 1000.0
         self._unconfirmed_windows += num_envs
-        provenance, steps = self._window_spec.pack(Window(**arrays))  # the signature's (sorted) column order
+        packed = self._window_spec.pack(Window(**arrays))
         for env in range(num_envs):
-            refs = self._writer.Append([provenance[env], steps[env]])
-            step = [[ref] for ref in refs]
+            (ref,) = self._writer.Append([packed[env]])
+            step = [[ref]]
             for table in self._table_names:
                 self._writer.CreateItem(table, 1.0, step, self._squeezed)
             if (env + 1) % self._envs_per_flush == 0 and env + 1 < num_envs:
@@ -646,9 +645,8 @@ class WindowSampler:
             # again: the next call starts a fresh one. One still running is (see the class docstring).
             if self._pending.done():
                 self._pending = None
-        provenance = np.stack([item[0] for item in items], axis=0)  # [N, 3]
-        steps = np.stack([item[1] for item in items], axis=1)  # [T, N, W]: time-major, as relabelling wants
-        return self._window_spec.unpack(provenance, steps)
+        packed = np.stack([item[0] for item in items], axis=1)  # [T + R, N, W]: time-major, as relabelling wants
+        return self._window_spec.unpack(packed)
 
     def close(self) -> None:
         """Forget the client. A request still blocked inside Reverb cannot be cancelled: its daemon thread ends

@@ -4,9 +4,10 @@ Shared by every transport (the in-process buffer of the single-process trainer a
 decoupled runtime) and by the learner's relabelling, which consumes windows stacked as ``[T, N, ...]``.
 Pure numpy/JAX: importing this module never loads reverb or tensorflow.
 
-On the wire and in replay checkpoints a window is *packed* into two columns (`WindowSpec.pack`): Reverb charges a
-fixed cost per column of every item (a chunk, its compression and its bookkeeping), which for small windows dwarfs
-the payload. `REPLAY_LAYOUT` names that packing so a run directory can record which one its replay checkpoint holds.
+On the wire and in replay checkpoints a window is *packed* into one float32 column (`WindowSpec.pack`): Reverb charges
+a fixed cost per column of every item (a chunk, its compression, its messages and its bookkeeping), which for small
+windows dwarfs the payload. `REPLAY_LAYOUT` names that packing so a run directory can record which one its replay
+checkpoint holds.
 """
 
 from __future__ import annotations
@@ -18,12 +19,20 @@ from typing import NamedTuple
 
 import numpy as np
 
-REPLAY_LAYOUT = 2
+REPLAY_LAYOUT = 3
 """Version of the packed item layout stored in Reverb tables and their checkpoints.
 
-1: six columns, one per `Window` field. 2: two columns, ``provenance`` int64 [3] and ``steps`` float32
-[T, S+G+A+1] (see `WindowSpec.pack`). Reverb loads a checkpoint with the signature it was written with, whatever the
-server asks for, so a run directory records its layout and a resume refuses another one before anything starts."""
+1: six columns, one per `Window` field. 2: two columns, ``provenance`` int64 [3] and ``steps`` float32 [T, W].
+3: one column ``window`` float32 [T + R, W]: the T steps, then R trailer rows holding the provenance's bits (see
+`WindowSpec.pack`). Reverb loads a checkpoint with the signature it was written with, whatever the server asks for, so
+a run directory records its layout and a resume refuses another one before anything starts."""
+
+LAYOUT_COLUMNS: dict[tuple[str, ...], int] = {
+    ("action", "actor_id", "env_steps", "obs", "param_version", "traj_id"): 1,
+    ("provenance", "steps"): 2,
+    ("window",): 3,
+}
+"""Sorted column names of a window table -> the replay layout they belong to (to name an old layout in errors)."""
 
 LAYOUT_SUFFIX = ".layout"
 """Beside a replay checkpoint directory D, the file ``D.layout`` holds the `REPLAY_LAYOUT` of D's checkpoints; it is
@@ -31,7 +40,7 @@ written by `start_server` before the first checkpoint. D with complete checkpoin
 layout 1. Not inside D: Reverb treats every entry there as a checkpoint, and deletes all but the newest by name."""
 
 PROVENANCE_FIELDS: tuple[str, ...] = ("actor_id", "param_version", "env_steps")
-"""Order of the per-item provenance in the packed ``provenance`` column."""
+"""Order of the per-item provenance in the trailer rows of a packed window (each as int64)."""
 
 
 class Window(NamedTuple):
@@ -97,39 +106,51 @@ class WindowSpec:
 
     @property
     def step_width(self) -> int:
-        """W = S+G + A + 1: floats per step in the packed ``steps`` column (obs, action, then traj_id's bits)."""
+        """W = S+G + A + 1: floats per packed step (obs, action, then traj_id's bits)."""
         return self.obs_dim + self.action_dim + 1
 
+    @property
+    def trailer_rows(self) -> int:
+        """R: rows of W floats after the T steps that carry the provenance (3 int64 = 6 float32 words)."""
+        return -(-2 * len(PROVENANCE_FIELDS) // self.step_width)
+
     def packed_shapes_and_dtypes(self) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
-        """Column name -> (shape, dtype) of one packed item, in the order `pack` returns them (sorted by name)."""
-        return {
-            "provenance": ((len(PROVENANCE_FIELDS),), np.dtype(np.int64)),
-            "steps": ((self.window_length, self.step_width), np.dtype(np.float32)),
-        }
+        """Column name -> (shape, dtype) of one packed item: a single ``window`` column."""
+        return {"window": ((self.window_length + self.trailer_rows, self.step_width), np.dtype(np.float32))}
 
-    def pack(self, batch: Window) -> tuple[np.ndarray, np.ndarray]:
-        """``(provenance int64 [E, 3], steps float32 [E, T, W])`` of a batch of E windows (fields ``[E, T, ...]``,
-        provenance ``[E]``). ``traj_id`` travels as the bit pattern of an int32 in the last float32 of each step:
-        copied, never computed with, so every value survives exactly."""
+    def pack(self, batch: Window) -> np.ndarray:
+        """float32 ``[E, T + R, W]`` of a batch of E windows (fields ``[E, T, ...]``, provenance ``[E]``).
+
+        Rows ``[:T]`` are the steps: obs, action, and ``traj_id`` as the bit pattern of an int32 in the last float.
+        Rows ``[T:]`` hold the provenance as int64 ``(actor_id, param_version, env_steps)`` bits in their first 6
+        floats, zeros after. Bits are copied, never computed with, so every value survives exactly."""
         obs = np.asarray(batch.obs, np.float32)
-        num_envs = obs.shape[0]
-        steps = np.empty((num_envs, self.window_length, self.step_width), np.float32)
-        steps[..., :self.obs_dim] = obs
-        steps[..., self.obs_dim:-1] = batch.action
-        steps[..., -1] = np.asarray(batch.traj_id, np.int32).view(np.float32)
+        num_envs, t, width = obs.shape[0], self.window_length, self.step_width
+        packed = np.zeros((num_envs, t + self.trailer_rows, width), np.float32)
+        packed[:, :t, :self.obs_dim] = obs
+        packed[:, :t, self.obs_dim:-1] = batch.action
+        packed[:, :t, -1] = np.asarray(batch.traj_id, np.int32).view(np.float32)
         provenance = np.stack([np.asarray(getattr(batch, name), np.int64) for name in PROVENANCE_FIELDS], axis=-1)
-        return provenance, steps
+        trailer = np.zeros((num_envs, self.trailer_rows * width), np.float32)
+        trailer[:, :2 * len(PROVENANCE_FIELDS)] = provenance.view(np.float32)
+        packed[:, t:] = trailer.reshape(num_envs, self.trailer_rows, width)
+        return packed
 
-    def unpack(self, provenance: np.ndarray, steps: np.ndarray) -> Window:
-        """Inverse of `pack` for any layout of leading axes: ``provenance [..., 3]`` and ``steps [..., W]`` (e.g. the
-        sampler's time-major ``[T, N, W]`` with provenance ``[N, 3]``). Fields are contiguous copies."""
+    def unpack(self, packed: np.ndarray) -> Window:
+        """Inverse of `pack` for items stacked time-major: ``packed [T + R, ..., W]`` (one item ``[T + R, W]``, or
+        the sampler's ``[T + R, N, W]``) -> fields ``[T, ..., ...]``, provenance ``[...]``. Fields are contiguous."""
+        t = self.window_length
+        steps = packed[:t]
+        trailer = np.moveaxis(packed[t:], 0, -2)  # [..., R, W]
+        trailer = trailer.reshape(*trailer.shape[:-2], -1)[..., :2 * len(PROVENANCE_FIELDS)]
+        provenance = np.ascontiguousarray(trailer).view(np.int64)  # [..., 3]
         return Window(
             obs=np.ascontiguousarray(steps[..., :self.obs_dim]),
             action=np.ascontiguousarray(steps[..., self.obs_dim:-1]),
             traj_id=np.ascontiguousarray(steps[..., -1]).view(np.int32),
             actor_id=provenance[..., 0].astype(np.int32),
-            param_version=np.ascontiguousarray(provenance[..., 1]),
-            env_steps=np.ascontiguousarray(provenance[..., 2]),
+            param_version=provenance[..., 1].copy(),  # copy(), not ascontiguousarray: one item's stays 0-d
+            env_steps=provenance[..., 2].copy(),
         )
 
 

@@ -295,8 +295,10 @@ CASES: list[tuple[str, list[str], Setup, list[str]]] = [
      damaged("replay_checkpoint/*/tables.tfrecord", flip_middle_bytes),
      ["replay checkpoint", "tables.tfrecord is damaged"]),
     ("resume_replay_checkpoint_of_layout_1", ["resume", R], without("replay_checkpoint.layout"),
-     ["replay checkpoint", "holds windows in replay layout 1", "reads layout 2 only", "Move", "aside",
+     ["replay checkpoint", "holds windows in replay layout 1", "reads layout 3 only", "Move", "aside",
       "learner checkpoints stay valid"]),
+    ("resume_replay_checkpoint_of_layout_2", ["resume", R], damaged("replay_checkpoint.layout", lambda b: b"2\n"),
+     ["replay checkpoint", "holds windows in replay layout 2", "reads layout 3 only", "Move", "aside"]),
     ("resume_replay_layout_file_garbled", ["resume", R], damaged("replay_checkpoint.layout", lambda b: b"two\n"),
      ["replay checkpoint layout unknown", "replay_checkpoint.layout holds 'two", "not a replay layout number"]),
     # role commands started by hand

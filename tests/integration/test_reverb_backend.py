@@ -291,21 +291,24 @@ def test_learner_tables_share_chunks_instead_of_copying(replay_server: ServerPro
     assert growth[3] < 1.5 * growth[1], f"growth 1 table {growth[1] / 1e6:.1f} MB, 3 tables {growth[3] / 1e6:.1f} MB"
 
 
-def test_a_checkpoint_of_replay_layout_1_is_refused_not_silently_loaded(launch_server: LaunchServer,
-                                                                        tmp_path: Path) -> None:
+@pytest.mark.parametrize("old_layout", [1, 2])
+def test_a_checkpoint_of_an_older_replay_layout_is_refused_not_silently_loaded(launch_server: LaunchServer,
+                                                                               tmp_path: Path, old_layout: int) -> None:
     """Reverb restores a checkpointed table with the signature it was saved with, whatever the server asks for. A
-    checkpoint of the old six-column layout (written here the way depthrl wrote it before layout 2) must stop the
-    server with a message naming the layout, and the stamp says which layout the directory holds."""
+    checkpoint of an older layout (written here the way depthrl wrote it then: six columns, or provenance + steps)
+    must stop the server with a message naming the layout, and the stamp says which layout the directory holds."""
     import reverb
     import tensorflow as tf
     from reverb.platform import checkpointers_lib
 
-    from replay.schema import checkpoint_layout
+    from replay.schema import REPLAY_LAYOUT, checkpoint_layout, layout_file
 
     spec = WindowSpec(window_length=4, obs_dim=3, action_dim=2)
+    old_columns = spec.shapes_and_dtypes() if old_layout == 1 else {
+        "provenance": ((3,), np.dtype(np.int64)), "steps": ((4, spec.step_width), np.dtype(np.float32))}
     checkpoint_dir = tmp_path / "checkpoints"
     old_signature = {name: tf.TensorSpec(shape, tf.as_dtype(dtype), name=name)
-                     for name, (shape, dtype) in spec.shapes_and_dtypes().items()}
+                     for name, (shape, dtype) in old_columns.items()}
     old = reverb.Server([reverb.Table("collector", reverb.selectors.Uniform(), reverb.selectors.Fifo(), 100,
                                       reverb.rate_limiters.MinSize(1), signature=old_signature)],
                         port=None, checkpointer=checkpointers_lib.DefaultCheckpointer(path=str(checkpoint_dir)))
@@ -313,17 +316,20 @@ def test_a_checkpoint_of_replay_layout_1_is_refused_not_silently_loaded(launch_s
         reverb.Client(f"127.0.0.1:{old.port}").checkpoint()
     finally:
         old.stop()
-    assert checkpoint_layout(checkpoint_dir) == 1  # complete checkpoint, no stamp
+    if old_layout > 1:  # layout 2 stamped its directories; layout 1 predates the stamp
+        layout_file(checkpoint_dir).write_text(f"{old_layout}\n")
+    assert checkpoint_layout(checkpoint_dir) == old_layout
 
     config = rb.ReplayTablesConfig(learners=(rb.LearnerTableConfig("collector", None, 1),), max_size_windows=100)
     server = launch_server(config, spec, checkpoint_dir=checkpoint_dir)
     assert server.process.wait(timeout=120) != 0
-    assert "holds windows in replay layout 1" in server.log_tail(), server.log_tail()
-    assert checkpoint_layout(checkpoint_dir) == 1  # the old checkpoint is not relabelled
+    assert f"holds windows in replay layout {old_layout}" in server.log_tail(), server.log_tail()
+    assert checkpoint_layout(checkpoint_dir) == old_layout  # the old checkpoint is not relabelled
 
     fresh_dir = tmp_path / "fresh"
     rb.start_server(config, spec, None, str(fresh_dir)).stop()
-    assert (tmp_path / "fresh.layout").read_text().strip() == "2" and checkpoint_layout(fresh_dir) is None
+    assert (tmp_path / "fresh.layout").read_text().strip() == str(REPLAY_LAYOUT) == "3"
+    assert checkpoint_layout(fresh_dir) is None
 
 
 def test_checkpoint_on_sigterm_and_restart_restores_items(launch_server: LaunchServer, tmp_path: Path) -> None:

@@ -1,8 +1,9 @@
-"""`WindowSpec.pack` / `unpack`: the two-column replay layout loses nothing (pure numpy, no Reverb)."""
+"""`WindowSpec.pack` / `unpack`: the one-column replay layout loses nothing (pure numpy, no Reverb)."""
 
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from replay.schema import PROVENANCE_FIELDS, Window, WindowSpec
 
@@ -23,31 +24,43 @@ def _batch(spec: WindowSpec, num_envs: int) -> Window:
     )
 
 
-def test_pack_shapes_match_the_declared_columns() -> None:
+def test_pack_shapes_match_the_declared_column() -> None:
     spec = WindowSpec(window_length=7, obs_dim=6, action_dim=2)
-    provenance, steps = spec.pack(_batch(spec, 5))
+    packed = spec.pack(_batch(spec, 5))
     declared = spec.packed_shapes_and_dtypes()
-    assert list(declared) == ["provenance", "steps"]  # Reverb flattens by sorted key: the order items are written
-    assert (provenance.shape[1:], provenance.dtype) == declared["provenance"]
-    assert (steps.shape[1:], steps.dtype) == declared["steps"]
-    assert steps.shape == (5, 7, 6 + 2 + 1) and len(PROVENANCE_FIELDS) == 3
+    assert list(declared) == ["window"]
+    assert (packed.shape[1:], packed.dtype) == declared["window"]
+    # W = 6 + 2 + 1 = 9 floats per step; the 3 int64 of provenance (6 floats) fit in one trailer row.
+    assert packed.shape == (5, 7 + 1, 9) and len(PROVENANCE_FIELDS) == 3
 
 
-def test_unpack_inverts_pack_bit_for_bit_batch_major_and_time_major() -> None:
-    spec = WindowSpec(window_length=7, obs_dim=6, action_dim=2)
+@pytest.mark.parametrize("obs_dim, action_dim, trailer_rows", [(6, 2, 1), (3, 1, 2), (2, 1, 2), (1, 1, 2),
+                                                                (4, 1, 1)])
+def test_unpack_inverts_pack_bit_for_bit_one_item_and_time_major(obs_dim: int, action_dim: int,
+                                                                 trailer_rows: int) -> None:
+    """Narrow steps (W < 6) spread the provenance over more trailer rows; every bit survives either way."""
+    spec = WindowSpec(window_length=7, obs_dim=obs_dim, action_dim=action_dim)
+    assert spec.trailer_rows == trailer_rows
     batch = _batch(spec, 5)
-    provenance, steps = spec.pack(batch)
-    back = spec.unpack(provenance, steps)  # [E, T, ...]
-    time_major = spec.unpack(provenance, np.swapaxes(steps, 0, 1))  # [T, E, ...], as the sampler stacks items
-    for name in Window._fields:
-        want = np.asarray(getattr(batch, name))
-        for got, swap in ((getattr(back, name), False), (getattr(time_major, name), want.ndim > 1)):
-            got = np.swapaxes(got, 0, 1) if swap else got
-            assert got.dtype == want.dtype, name
-            assert got.shape == want.shape, name
-            np.testing.assert_array_equal(np.ascontiguousarray(got).view(np.uint8),
-                                          np.ascontiguousarray(want).view(np.uint8), err_msg=name)
-    assert back.obs.flags.c_contiguous and time_major.traj_id.flags.c_contiguous
+    packed = spec.pack(batch)  # [E, T + R, W]
+    time_major = spec.unpack(np.swapaxes(packed, 0, 1))  # fields [T, E, ...], as the sampler stacks items
+    for env in (0, 4):
+        one = spec.unpack(packed[env])  # one item: fields [T, ...], provenance 0-d
+        for name in Window._fields:
+            want = np.asarray(getattr(batch, name))[env]
+            stacked = getattr(time_major, name)
+            for got in (getattr(one, name), stacked[:, env] if stacked.ndim > 1 else stacked[env]):
+                assert (got.shape, got.dtype) == (want.shape, want.dtype), name
+                np.testing.assert_array_equal(np.ascontiguousarray(got).view(np.uint8),
+                                              np.ascontiguousarray(want).view(np.uint8), err_msg=name)
+    assert time_major.obs.flags.c_contiguous and time_major.traj_id.flags.c_contiguous
+
+
+def test_trailer_words_after_the_provenance_are_zero() -> None:
+    spec = WindowSpec(window_length=4, obs_dim=5, action_dim=3)  # W 9: 6 provenance words and 3 zeros
+    packed = spec.pack(_batch(spec, 2))
+    assert packed.shape == (2, 5, 9)
+    np.testing.assert_array_equal(packed[:, 4, 6:].view(np.uint32), 0)
 
 
 def test_raw_bytes_per_item_count_the_unpacked_fields() -> None:
