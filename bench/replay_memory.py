@@ -12,7 +12,7 @@ size is read with psutil.
 
 Reported per mark: ``(RSS - RSS of the idle server) / stored env steps`` divided by the raw bytes of one env step
 (obs (S+G) float32 + action A float32 + traj_id int32, plus the window's provenance (int32 + 2 int64) spread over its
-T steps). Reverb stores chunks zstd-compressed, so a ratio below 1 is possible; per-item and per-chunk bookkeeping
+T steps). Reverb stores chunks snappy-compressed, so a ratio below 1 is possible; per-item and per-chunk bookkeeping
 pushes it up, the more so the shorter the window. With several tables, the chunks are shared and only the items are
 per table: the ratio should stay close to that of one table.
 
