@@ -42,6 +42,9 @@ layout 1. Not inside D: Reverb treats every entry there as a checkpoint, and del
 PROVENANCE_FIELDS: tuple[str, ...] = ("actor_id", "param_version", "env_steps")
 """Order of the per-item provenance in the trailer rows of a packed window (each as int64)."""
 
+PROVENANCE_WORDS = 2 * len(PROVENANCE_FIELDS)
+"""float32 words the provenance takes in a packed window: one int64 is two words."""
+
 
 class Window(NamedTuple):
     """A window of T consecutive steps of one env slot (leading axes may be batched, e.g. ``[T, N, ...]``).
@@ -112,7 +115,7 @@ class WindowSpec:
     @property
     def trailer_rows(self) -> int:
         """R: rows of W floats after the T steps that carry the provenance (3 int64 = 6 float32 words)."""
-        return -(-2 * len(PROVENANCE_FIELDS) // self.step_width)
+        return -(-PROVENANCE_WORDS // self.step_width)
 
     def packed_shapes_and_dtypes(self) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
         """Column name -> (shape, dtype) of one packed item: a single ``window`` column."""
@@ -126,14 +129,15 @@ class WindowSpec:
         floats, zeros after. Bits are copied, never computed with, so every value survives exactly."""
         obs = np.asarray(batch.obs, np.float32)
         num_envs, t, width = obs.shape[0], self.window_length, self.step_width
-        packed = np.zeros((num_envs, t + self.trailer_rows, width), np.float32)
+        packed = np.empty((num_envs, t + self.trailer_rows, width), np.float32)
         packed[:, :t, :self.obs_dim] = obs
         packed[:, :t, self.obs_dim:-1] = batch.action
         packed[:, :t, -1] = np.asarray(batch.traj_id, np.int32).view(np.float32)
+        packed[:, t:] = 0.0
         provenance = np.stack([np.asarray(getattr(batch, name), np.int64) for name in PROVENANCE_FIELDS], axis=-1)
-        trailer = np.zeros((num_envs, self.trailer_rows * width), np.float32)
-        trailer[:, :2 * len(PROVENANCE_FIELDS)] = provenance.view(np.float32)
-        packed[:, t:] = trailer.reshape(num_envs, self.trailer_rows, width)
+        # `packed` is a fresh C-contiguous array, so this reshape is a view: the trailer words start at t * width.
+        flat = packed.reshape(num_envs, (t + self.trailer_rows) * width)
+        flat[:, t * width:t * width + PROVENANCE_WORDS] = provenance.view(np.float32)
         return packed
 
     def unpack(self, packed: np.ndarray) -> Window:
@@ -142,7 +146,7 @@ class WindowSpec:
         t = self.window_length
         steps = packed[:t]
         trailer = np.moveaxis(packed[t:], 0, -2)  # [..., R, W]
-        trailer = trailer.reshape(*trailer.shape[:-2], -1)[..., :2 * len(PROVENANCE_FIELDS)]
+        trailer = trailer.reshape(*trailer.shape[:-2], -1)[..., :PROVENANCE_WORDS]
         provenance = np.ascontiguousarray(trailer).view(np.int64)  # [..., 3]
         return Window(
             obs=np.ascontiguousarray(steps[..., :self.obs_dim]),
