@@ -8,6 +8,9 @@ On the wire and in replay checkpoints a window is *packed* into one float32 colu
 a fixed cost per column of every item (a chunk, its compression, its messages and its bookkeeping), which for small
 windows dwarfs the payload. `REPLAY_LAYOUT` names that packing so a run directory can record which one its replay
 checkpoint holds.
+
+`GoalSpec` says which slice of an observation is the agent's state, the commanded goal and the achieved goal: the
+envs declare it and the learner's relabelling reads windows through it, so it belongs to this contract.
 """
 
 from __future__ import annotations
@@ -15,9 +18,12 @@ from __future__ import annotations
 import dataclasses
 import os
 from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
+
+if TYPE_CHECKING:  # annotations only: GoalSpec's methods slice numpy and JAX arrays alike
+    import jax
 
 REPLAY_LAYOUT = 3
 """Version of the packed item layout stored in Reverb tables and their checkpoints.
@@ -44,6 +50,51 @@ PROVENANCE_FIELDS: tuple[str, ...] = ("actor_id", "param_version", "env_steps")
 
 PROVENANCE_WORDS = 2 * len(PROVENANCE_FIELDS)
 """float32 words the provenance takes in a packed window: one int64 is two words."""
+
+
+@dataclasses.dataclass(frozen=True)
+class GoalSpec:
+    """Static description of a goal-conditioned observation: ``obs = concat(state [S], goal [G])``, and the achieved
+    goal of a state is ``state[goal_start:goal_end]``. The methods only slice, so they take numpy or JAX arrays."""
+
+    state_dim: int
+    """S: number of leading observation dims that are the agent's state."""
+    goal_start: int
+    """First state dim of the achieved goal (inclusive)."""
+    goal_end: int
+    """Last state dim of the achieved goal (exclusive); goal_dim = goal_end - goal_start."""
+    success_threshold: float
+    """`success` fires when the achieved-to-commanded goal distance is below this (env units, e.g. metres)."""
+    episode_length: int
+    """Default episode length in env steps (truncation); the paper uses 1000 for every task."""
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.goal_start < self.goal_end <= self.state_dim:
+            raise ValueError(f"goal slice [{self.goal_start}:{self.goal_end}] must lie inside state_dim={self.state_dim}")
+        if self.success_threshold <= 0 or self.episode_length <= 0:
+            raise ValueError("success_threshold and episode_length must be positive")
+
+    @property
+    def goal_dim(self) -> int:
+        """G: size of the goal space."""
+        return self.goal_end - self.goal_start
+
+    @property
+    def obs_dim(self) -> int:
+        """S + G: size of an observation."""
+        return self.state_dim + self.goal_dim
+
+    def state_of(self, obs: jax.Array) -> jax.Array:
+        """``obs [..., S+G] -> state [..., S]``."""
+        return obs[..., : self.state_dim]
+
+    def goal_of(self, obs: jax.Array) -> jax.Array:
+        """``obs [..., S+G] -> commanded goal [..., G]``."""
+        return obs[..., self.state_dim :]
+
+    def achieved_goal(self, state: jax.Array) -> jax.Array:
+        """``state [..., S] -> achieved goal [..., G]``."""
+        return state[..., self.goal_start : self.goal_end]
 
 
 class Window(NamedTuple):
@@ -94,14 +145,25 @@ class WindowSpec:
             "env_steps": ((), np.dtype(np.int64)),
         }
 
-    def validate(self, window: Window) -> None:
-        """Raise ValueError when `window` (one unbatched item) does not match this spec."""
+    def validate(self, window: Window, batched: bool = False) -> int:
+        """The number of windows in `window`; ValueError when a field's shape or dtype does not match this spec.
+
+        Unbatched (one item, fields ``[T, ...]``, provenance ``[]``): returns 1. `batched` (what a writer takes, fields
+        ``[E, T, ...]``, provenance ``[E]``): returns E, read from ``obs``, and every field must lead with that E."""
+        leading: tuple[int, ...] = ()
+        if batched:
+            leading = np.shape(window.obs)[:1]
+            if not leading:
+                raise ValueError("window field 'obs': shape (), expected [E, T, S+G] (a batch of E windows)")
         for name, (shape, dtype) in self.shapes_and_dtypes().items():
             value = np.asarray(getattr(window, name))
-            if value.shape != shape:
-                raise ValueError(f"window field {name!r}: shape {value.shape}, expected {shape}")
+            expected = leading + shape
+            if value.shape != expected:
+                batch_note = f" ([E, ...] with E = {leading[0]} windows, from obs)" if batched else ""
+                raise ValueError(f"window field {name!r}: shape {value.shape}, expected {expected}{batch_note}")
             if value.dtype != dtype:
                 raise ValueError(f"window field {name!r}: dtype {value.dtype}, expected {dtype}")
+        return leading[0] if batched else 1
 
     def bytes_per_item(self) -> int:
         """Raw payload bytes of one item, unpacked (for memory benchmarks)."""

@@ -66,3 +66,19 @@ def test_trailer_words_after_the_provenance_are_zero() -> None:
 def test_raw_bytes_per_item_count_the_unpacked_fields() -> None:
     spec = WindowSpec(window_length=10, obs_dim=4, action_dim=2)
     assert spec.bytes_per_item() == 10 * 4 * 4 + 10 * 2 * 4 + 10 * 4 + 4 + 8 + 8
+
+
+def test_validate_counts_windows_and_names_the_wrong_field() -> None:
+    spec = WindowSpec(window_length=7, obs_dim=6, action_dim=2)
+    batch = _batch(spec, 5)
+    assert spec.validate(batch, batched=True) == 5
+    one = Window(*(np.asarray(field)[2] for field in batch))
+    assert spec.validate(one) == 1
+    with pytest.raises(ValueError, match="'obs': dtype float64"):
+        spec.validate(batch._replace(obs=batch.obs.astype(np.float64)), batched=True)
+    with pytest.raises(ValueError, match=r"'env_steps': shape \(4,\), expected \(5,\)"):
+        spec.validate(batch._replace(env_steps=batch.env_steps[:4]), batched=True)
+    with pytest.raises(ValueError, match=r"'obs': shape \(5, 7, 6\), expected \(7, 6\)"):
+        spec.validate(batch)  # a batch is not one item
+    with pytest.raises(ValueError, match="'obs': shape"):
+        spec.validate(batch._replace(obs=np.float32(0.0)), batched=True)
