@@ -16,7 +16,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from actors.envs.base import GoalSpec
+from replay.schema import GoalSpec
 
 
 class Batch(NamedTuple):

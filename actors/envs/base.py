@@ -1,7 +1,8 @@
 """The goal-conditioned environment contract that every depthrl env implements.
 
 Pure JAX: envs follow brax's `Env` interface (`reset(key) -> State`, `step(state, action) -> State`) so they jit and
-vmap, and add a `GoalSpec` that says where the state and the goal live inside an observation.
+vmap, and add a `GoalSpec` (defined in `replay.schema`, part of the data contract; re-exported here) that says where
+the state and the goal live inside an observation.
 
 Observation layout (paper §4): ``obs = concat(state [state_dim], goal [goal_dim])``. The goal is compared with the
 *achieved goal* ``state[goal_start:goal_end]`` (e.g. the torso x, y of an ant); relabelling replaces the goal part with
@@ -20,56 +21,12 @@ Per-step contract of a `GoalEnv` (single, unbatched env):
 from __future__ import annotations
 
 import abc
-import dataclasses
 
-import jax
 from brax.envs.base import Env, State
 
+from replay.schema import GoalSpec  # defined with the data contract; re-exported here for the envs
+
 __all__ = ["Env", "GoalEnv", "GoalSpec", "State"]
-
-
-@dataclasses.dataclass(frozen=True)
-class GoalSpec:
-    """Static description of a goal-conditioned observation."""
-
-    state_dim: int
-    """S: number of leading observation dims that are the agent's state."""
-    goal_start: int
-    """First state dim of the achieved goal (inclusive)."""
-    goal_end: int
-    """Last state dim of the achieved goal (exclusive); goal_dim = goal_end - goal_start."""
-    success_threshold: float
-    """`success` fires when the achieved-to-commanded goal distance is below this (env units, e.g. metres)."""
-    episode_length: int
-    """Default episode length in env steps (truncation); the paper uses 1000 for every task."""
-
-    def __post_init__(self) -> None:
-        if not 0 <= self.goal_start < self.goal_end <= self.state_dim:
-            raise ValueError(f"goal slice [{self.goal_start}:{self.goal_end}] must lie inside state_dim={self.state_dim}")
-        if self.success_threshold <= 0 or self.episode_length <= 0:
-            raise ValueError("success_threshold and episode_length must be positive")
-
-    @property
-    def goal_dim(self) -> int:
-        """G: size of the goal space."""
-        return self.goal_end - self.goal_start
-
-    @property
-    def obs_dim(self) -> int:
-        """S + G: size of an observation."""
-        return self.state_dim + self.goal_dim
-
-    def state_of(self, obs: jax.Array) -> jax.Array:
-        """``obs [..., S+G] -> state [..., S]``."""
-        return obs[..., : self.state_dim]
-
-    def goal_of(self, obs: jax.Array) -> jax.Array:
-        """``obs [..., S+G] -> commanded goal [..., G]``."""
-        return obs[..., self.state_dim :]
-
-    def achieved_goal(self, state: jax.Array) -> jax.Array:
-        """``state [..., S] -> achieved goal [..., G]``."""
-        return state[..., self.goal_start : self.goal_end]
 
 
 class GoalEnv(Env, abc.ABC):
