@@ -1,20 +1,16 @@
 """Where the collector's data went: a histogram of achieved-goal positions over a maze, saved per actor.
 
 Written by the actor processes of a maze env (one file per actor role, ``<run_dir>/coverage/<role>.npz``); read by
-`analysis.coverage`, which sums the files of a run and turns them into coverage maps, the visited fraction of free
-cells and the visitation entropy.
+`analysis.coverage` with numpy alone, which sums the files of a run and turns them into coverage maps, the visited
+fraction of free cells and the visitation entropy.
 
-Bins follow the maze's world axes (see `actors.envs.mazes`): cell ``(i, j)`` is centred at world ``(x, y) = (i s,
-j s)``, so bin rows run along world x (down the layout text) and bin columns along world y. Each cell holds ``k x k``
-bins (``k = bins_per_cell``); the histogram covers ``x in [-s/2, (n_rows - 1/2) s)`` and ``y in [-s/2, (n_cols -
-1/2) s)``, the whole grid including its wall border.
+The file format and the bin axes are a contract with that reader, stated once in analysis/README.md ("Coverage
+files"): keys, dtypes and shapes, layout characters, and which world interval each bin covers. `CoverageGrid.save`
+writes it and `load` reads it back (an actor resuming its counts). Bins follow the maze's world axes (see
+`actors.envs.mazes`): each cell holds ``k x k`` bins (``k = bins_per_cell``) and the histogram covers the whole grid,
+wall border included.
 
-Pure numpy: no JAX, no Reverb, so the analysis side can read it and an actor can update it on the host.
-
-File format (``np.savez``, no pickled objects): ``counts`` int64 ``[n_rows k, n_cols k]``; ``layout_rows`` str
-``[n_rows]`` (the maze text rows); ``layout_name`` str scalar; ``scaling`` float64 scalar (cell size, world units);
-``bins_per_cell`` int64 scalar; ``env_steps`` int64 scalar (the writer's env steps when saved); ``dropped`` int64
-scalar (non-finite positions that were not counted).
+Pure numpy: no JAX, no Reverb, so an actor can update it on the host.
 """
 
 from __future__ import annotations

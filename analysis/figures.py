@@ -2,7 +2,7 @@
 
 Figures are built with `matplotlib.figure.Figure` directly, never through `pyplot`: no global figure registry to
 leak memory across a long report, no GUI backend, and saving renders with Agg (PNG) / the PDF backend. The inputs
-are the frames of `analysis.load` / `analysis.tables` (and, for coverage maps, the summed `CoverageGrid`s of
+are the frames of `analysis.load` / `analysis.tables` (and, for coverage maps, the summed `CoverageMap`s of
 `analysis.coverage`, which are 2-D arrays rather than rows).
 """
 
@@ -19,8 +19,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 from matplotlib.ticker import NullFormatter, ScalarFormatter
 
-from actors.coverage import CoverageGrid
-from analysis.coverage import coverage_entropy, coverage_fraction
+from analysis.coverage import CoverageMap, coverage_entropy, coverage_fraction
 
 __all__ = ["coverage_figure", "diagnostics_figure", "expressivity_figure", "learning_curves_figure", "save_figure"]
 
@@ -28,13 +27,21 @@ X_LABELS = {"env_steps": "env steps", "wall_time": "wall-clock time (s)", "grad_
 COLLECTOR_COLOR = "black"
 
 
-def _learner_color(learner: str, depths: Sequence[int]) -> str:
-    """Black for the collector; a fixed tab10 colour per passive depth (same colour in every panel)."""
+def _passive_learners(rows: pd.DataFrame) -> list[str]:
+    """Names of the passive learners in `rows`, by learner depth (then name): the order of their colours."""
+    passive = rows.loc[rows["learner"] != "collector", ["learner", "learner_depth"]].dropna().drop_duplicates()
+    return [name for _, name in sorted((int(d), str(name)) for name, d in passive.itertuples(index=False))]
+
+
+def _learner_color(learner: str, passive: Sequence[str]) -> str:
+    """Black for the collector; a fixed tab10 colour per passive learner (same colour in every panel), in the order
+    of `_passive_learners`."""
     if learner == "collector":
         return COLLECTOR_COLOR
-    depth = int(learner.removeprefix("learner_d"))
     cmap = matplotlib.colormaps["tab10"]
-    return matplotlib.colors.to_hex(cmap((sorted(depths).index(depth) + 1) % 10))
+    passive = list(passive)
+    index = passive.index(learner) if learner in passive else len(passive)  # a learner without a known depth: last
+    return matplotlib.colors.to_hex(cmap((index + 1) % 10))
 
 
 def _learner_label(learner: str, collector_depth) -> str:
@@ -115,7 +122,7 @@ def learning_curves_figure(frame: pd.DataFrame, metric: str = "time_at_goal", ki
     rows = frame[frame["kind"].isin(kinds)]
     rows = rows[rows[metric].notna()] if metric in rows else rows.iloc[0:0]
     keys = _panels(rows) or [("", 0)]
-    passive_depths = sorted({int(d) for d in rows.loc[rows["learner"] != "collector", "learner_depth"].dropna()})
+    passive = _passive_learners(rows)
     several_envs = rows["env"].nunique() > 1
     fig = Figure(figsize=(5.0 * len(xs), 3.2 * len(keys)), layout="constrained")
     axes = fig.subplots(len(keys), len(xs), squeeze=False)
@@ -129,7 +136,7 @@ def learning_curves_figure(frame: pd.DataFrame, metric: str = "time_at_goal", ki
                 label = None if learner in labelled else _learner_label(learner, depth)
                 labelled.add(learner)
                 ax.plot(line[x].to_numpy(float), line[metric].to_numpy(float), marker=".", linewidth=1.2,
-                        color=_learner_color(learner, passive_depths), alpha=0.85, label=label)
+                        color=_learner_color(learner, passive), alpha=0.85, label=label)
             ax.set_xlabel(X_LABELS.get(x, x))
             ax.set_ylabel(metric.replace("_", " "))
             if len(panel):
@@ -148,7 +155,7 @@ def diagnostics_figure(frame: pd.DataFrame, metrics: Sequence[str] = ("policy_la
     that collected a batch and the learner's current one; update-to-data is grad steps per env step."""
     rows = frame[frame["kind"].isin(("collector", "learner"))]
     keys = _panels(rows) or [("", 0)]
-    passive_depths = sorted({int(d) for d in rows.loc[rows["learner"] != "collector", "learner_depth"].dropna()})
+    passive = _passive_learners(rows)
     several_envs = rows["env"].nunique() > 1
     fig = Figure(figsize=(5.0 * len(keys), 3.0 * len(metrics)), layout="constrained")
     axes = fig.subplots(len(metrics), len(keys), squeeze=False)
@@ -163,7 +170,7 @@ def diagnostics_figure(frame: pd.DataFrame, metrics: Sequence[str] = ("policy_la
                 label = None if learner in labelled else _learner_label(learner, depth)
                 labelled.add(learner)
                 ax.plot(line[x].to_numpy(float), line[metric].to_numpy(float), linewidth=1.2,
-                        color=_learner_color(learner, passive_depths), label=label)
+                        color=_learner_color(learner, passive), label=label)
             ax.set_xlabel(X_LABELS.get(x, x))
             ax.set_ylabel(metric.replace("_", " "))
             ax.set_title(_panel_title(env, depth, several_envs) if len(data) else f"no {metric} rows", fontsize=9)
@@ -173,7 +180,7 @@ def diagnostics_figure(frame: pd.DataFrame, metrics: Sequence[str] = ("policy_la
     return fig
 
 
-def coverage_figure(grids: Mapping[str, CoverageGrid]) -> Figure:
+def coverage_figure(grids: Mapping[str, CoverageMap]) -> Figure:
     """One coverage map per entry (title -> summed grid): visit counts per bin on a log colour scale over the maze
     drawing (walls grey, start cells outlined in blue with "S", goal cells outlined in red). World x runs down and
     world y to the right, so the picture matches the layout text."""
@@ -181,18 +188,18 @@ def coverage_figure(grids: Mapping[str, CoverageGrid]) -> Figure:
     fig = Figure(figsize=(4.2 * n, 4.2), layout="constrained")
     axes = fig.subplots(1, n, squeeze=False)[0]
     for ax, (title, grid) in zip(axes, grids.items()):
-        layout, s = grid.layout, grid.layout.scaling
+        s = grid.scaling
         x_min, x_max, y_min, y_max = grid.extent
         counts = np.ma.masked_less_equal(grid.counts.astype(float), 0)
         vmax = max(float(grid.counts.max()), 1.0)
         image = ax.imshow(counts, origin="upper", extent=(y_min, y_max, x_max, x_min), cmap="viridis",
                           norm=LogNorm(vmin=1.0, vmax=max(vmax, 1.0 + 1e-9)), interpolation="nearest")
-        for i, j in np.argwhere(layout.wall_mask):
+        for i, j in np.argwhere(grid.wall_mask):
             ax.add_patch(Rectangle((j * s - s / 2, i * s - s / 2), s, s, facecolor="0.55", edgecolor="0.4"))
-        for i, j in layout.goal_cells:
+        for i, j in grid.goal_cells:
             ax.add_patch(Rectangle((j * s - s / 2, i * s - s / 2), s, s, fill=False, edgecolor="red", linewidth=1.0,
                                    linestyle="--"))
-        for i, j in layout.start_cells:
+        for i, j in grid.start_cells:
             ax.add_patch(Rectangle((j * s - s / 2, i * s - s / 2), s, s, fill=False, edgecolor="blue", linewidth=1.5))
             ax.text(j * s, i * s, "S", color="blue", ha="center", va="center", fontsize=10, fontweight="bold")
         ax.set_xlim(y_min, y_max)

@@ -10,9 +10,9 @@ import pytest
 from matplotlib.container import ErrorbarContainer
 from matplotlib.figure import Figure
 
-from actors.coverage import CoverageGrid
+from actors.coverage import CoverageGrid, coverage_path
 from actors.envs.mazes import get_layout
-from analysis.coverage import coverage_frame, merge_by_collector_depth
+from analysis.coverage import coverage_frame, merge_by_collector_depth, read_coverage
 from analysis.figures import (coverage_figure, diagnostics_figure, expressivity_figure, learning_curves_figure,
                               save_figure)
 from analysis.load import load
@@ -90,14 +90,15 @@ def test_diagnostics_policy_lag_and_update_to_data_per_learner(data):
     assert list(axes[0].get_lines()[0].get_data()[1]) == [10.0, 20.0, 30.0]
 
 
-def test_coverage_map_shows_the_summed_counts_over_the_maze(data):
+def test_coverage_map_shows_the_summed_counts_over_the_maze(data, tmp_path):
     _, _, coverage, grids = data
     merged = merge_by_collector_depth(coverage, grids)
     assert list(merged) == [("point_u_maze", 4)]
     grid = merged[("point_u_maze", 4)]
     # Seeds 0, 1, 2 visit 1, 2, 3 cells twice each: cell (1,1) 6 times, (1,2) 4, (1,3) 2.
     assert grid.cell_counts()[1, 1:4].tolist() == [6, 4, 2] and grid.counts.sum() == 12
-    fig = coverage_figure({"collector depth 4": grid, "empty": CoverageGrid(get_layout("u_maze", 2.0), 2)})
+    CoverageGrid(get_layout("u_maze", 2.0), 2).save(coverage_path(tmp_path, "empty"))
+    fig = coverage_figure({"collector depth 4": grid, "empty": read_coverage(coverage_path(tmp_path, "empty"))})
     axes = _main_axes(fig)
     assert len(axes) == 2
     ax = axes[0]

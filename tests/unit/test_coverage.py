@@ -1,5 +1,6 @@
-"""Coverage histograms (actors/coverage.py) and the scalar coverage measures (analysis/coverage.py) on hand-made
-positions whose bins, visited fraction and entropy are worked out by hand below.
+"""Coverage histograms (actors/coverage.py, the writer), the reader of their files (analysis/coverage.py, numpy only)
+and the scalar coverage measures on hand-made positions whose bins, visited fraction and entropy are worked out by
+hand below. The scalars are computed on files written by the actors' `CoverageGrid` and read back by analysis.
 
 The u_maze ("#####/#RGG#/###G#/#GGG#/#####") has 7 free cells: (1,1) (1,2) (1,3) (2,3) (3,1) (3,2) (3,3).
 At scaling s = 2 and k = 2 bins per cell a bin is 1 world unit wide and bin b covers [b - 1, b): the histogram is
@@ -14,8 +15,9 @@ import numpy as np
 import pytest
 
 from actors.coverage import COVERAGE_DIR, CoverageGrid, coverage_path, load
-from actors.envs.mazes import get_layout
-from analysis.coverage import coverage_entropy, coverage_fraction, free_cell_counts, load_run_coverage
+from actors.envs.mazes import LAYOUTS, get_layout
+from analysis.coverage import (CoverageMap, coverage_entropy, coverage_fraction, free_cell_counts, load_run_coverage,
+                               read_coverage, summed)
 
 U_MAZE = get_layout("u_maze", 2.0)
 
@@ -24,6 +26,13 @@ def grid_of(xy, k: int = 2) -> CoverageGrid:
     grid = CoverageGrid(U_MAZE, bins_per_cell=k)
     grid.add(np.asarray(xy, dtype=np.float64))
     return grid
+
+
+def read_back(grid: CoverageGrid, tmp_path, role: str = "actor_0") -> CoverageMap:
+    """What analysis sees of `grid`: its file, written by the actors' code, read by analysis' own reader."""
+    path = coverage_path(tmp_path, role)
+    grid.save(path)
+    return read_coverage(path)
 
 
 def test_shape_extent_and_empty_counts():
@@ -121,8 +130,8 @@ def test_merged_sums_counts_and_env_steps_and_refuses_other_mazes():
 TRAJECTORY = [(2.0, 2.0), (2.4, 1.6), (2.0, 4.0), (2.0, 6.0), (0.0, 0.0)]
 
 
-def test_fraction_and_entropy_of_a_hand_made_trajectory():
-    grid = grid_of(TRAJECTORY)
+def test_fraction_and_entropy_of_a_hand_made_trajectory(tmp_path):
+    grid = read_back(grid_of(TRAJECTORY), tmp_path)
     np.testing.assert_array_equal(free_cell_counts(grid), [2, 1, 1, 0, 0, 0, 0])
     assert coverage_fraction(grid) == pytest.approx(3 / 7)
     # p = (1/2, 1/4, 1/4): H = 1.5 ln 2; normalised by ln 7 (7 free cells). The wall visit is ignored.
@@ -130,14 +139,14 @@ def test_fraction_and_entropy_of_a_hand_made_trajectory():
     assert coverage_entropy(grid) == pytest.approx(0.534311, abs=1e-6)  # 1.039721 / 1.945910
 
 
-def test_uniform_visits_give_entropy_one_and_a_single_cell_gives_zero():
-    uniform = grid_of(U_MAZE.cell_to_xy(U_MAZE.free_cells))
+def test_uniform_visits_give_entropy_one_and_a_single_cell_gives_zero(tmp_path):
+    uniform = read_back(grid_of(U_MAZE.cell_to_xy(U_MAZE.free_cells)), tmp_path, "uniform")
     assert coverage_fraction(uniform) == 1.0
     assert coverage_entropy(uniform) == pytest.approx(1.0)
-    single = grid_of([(2.0, 2.0)] * 5)
+    single = read_back(grid_of([(2.0, 2.0)] * 5), tmp_path, "single")
     assert coverage_fraction(single) == pytest.approx(1 / 7)
     assert coverage_entropy(single) == 0.0
-    empty = CoverageGrid(U_MAZE, bins_per_cell=2)
+    empty = read_back(CoverageGrid(U_MAZE, bins_per_cell=2), tmp_path, "empty")
     assert coverage_fraction(empty) == 0.0 and math.isnan(coverage_entropy(empty))
 
 
@@ -147,6 +156,57 @@ def test_a_run_sums_all_its_actors_and_reports_a_broken_file(tmp_path):
     (tmp_path / COVERAGE_DIR / "actor_2.npz").write_bytes(b"truncated")
     grid, problems = load_run_coverage(tmp_path)
     np.testing.assert_array_equal(grid.counts, grid_of(TRAJECTORY).counts)
-    assert grid.env_steps == 30
+    assert grid.env_steps == 30 and grid.layout_rows == U_MAZE.rows
     assert len(problems) == 1 and "actor_2.npz" in problems[0]
     assert load_run_coverage(tmp_path / "nothing_here") == (None, [])
+
+
+# --- the analysis side's reader -------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", sorted(LAYOUTS))
+def test_the_reader_parses_every_layout_as_the_maze_does(tmp_path, name):
+    # analysis reads the layout text itself (it does not import actors): walls, free, start and goal cells, the
+    # extent and the per-cell sums must be the writer's, for every registered layout.
+    layout = get_layout(name, 1.5)
+    grid = CoverageGrid(layout, bins_per_cell=3)
+    grid.add(np.random.default_rng(0).uniform(-1.0, 15.0, size=(200, 2)))
+    grid.add(np.array([[np.nan, 0.0]]))
+    grid.save(coverage_path(tmp_path, "actor_0"), env_steps=77)
+    back = read_coverage(coverage_path(tmp_path, "actor_0"))
+    assert back.layout_rows == layout.rows and back.layout_name == name and back.scaling == 1.5
+    assert back.bins_per_cell == 3 and back.env_steps == 77 and back.dropped == 1
+    assert back.counts.dtype == np.int64
+    np.testing.assert_array_equal(back.counts, grid.counts)
+    np.testing.assert_array_equal(back.wall_mask, layout.wall_mask)
+    np.testing.assert_array_equal(back.free_cells, layout.free_cells)
+    np.testing.assert_array_equal(back.start_cells, layout.start_cells)
+    np.testing.assert_array_equal(back.goal_cells, layout.goal_cells)
+    np.testing.assert_array_equal(back.cell_counts(), grid.cell_counts())
+    assert back.extent == grid.extent and back.cells_shape == layout.shape
+
+
+def test_the_reader_refuses_what_is_not_a_coverage_file(tmp_path):
+    junk = tmp_path / "junk.npz"
+    junk.write_bytes(b"PK\x03\x04 not really a zip")
+    with pytest.raises(ValueError, match="junk.npz"):
+        read_coverage(junk)
+    other = tmp_path / "other.npz"
+    np.savez(other, counts=np.zeros((2, 2)))
+    with pytest.raises(ValueError, match="missing"):
+        read_coverage(other)
+    wrong_shape = tmp_path / "wrong_shape.npz"
+    np.savez(wrong_shape, counts=np.zeros((5, 5), np.int64), layout_rows=np.array(U_MAZE.rows),
+             scaling=np.float64(2.0), bins_per_cell=np.int64(2), env_steps=np.int64(0))
+    with pytest.raises(ValueError, match="needs"):
+        read_coverage(wrong_shape)
+
+
+def test_summed_adds_counts_and_env_steps_and_refuses_other_mazes(tmp_path):
+    a = read_back(grid_of([(0.0, 0.0)]), tmp_path, "a")
+    b = read_back(grid_of([(0.0, 0.0), (2.0, 2.0)]), tmp_path, "b")
+    total = summed([a, b])
+    assert total.counts[1, 1] == 2 and total.counts.sum() == 3
+    with pytest.raises(ValueError, match="cannot merge"):
+        summed([a, read_back(CoverageGrid(get_layout("u_maze", 4.0), bins_per_cell=2), tmp_path, "s4")])
+    with pytest.raises(ValueError, match="cannot merge"):
+        summed([a, read_back(CoverageGrid(U_MAZE, bins_per_cell=4), tmp_path, "k4")])
