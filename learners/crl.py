@@ -11,7 +11,7 @@ critic. Three Adam optimisers (actor, critic = both encoders, log α), no clippi
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Literal, NamedTuple
+from typing import Any
 
 import flax.struct
 import jax
@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import optax
 
 from learners import losses
-from learners.networks import Actor, ConfigError, Critic, NetworkConfig
+from learners.networks import Actor, ConfigError, Critic, NetworkConfig, NetworkShape, check_depth
 from learners.relabel import Batch
 from replay.params import fingerprint
 
@@ -28,28 +28,13 @@ Params = Any
 
 @dataclasses.dataclass(frozen=True)
 class CRLConfig:
-    """Hyperparameters of one CRL agent (defaults are the paper's)."""
+    """Hyperparameters shared by every learner of a run (defaults are the paper's). Depth-free: each learner's actor
+    and critic depths are in its `LearnerSpec`."""
 
-    actor_depth: int = 4
-    """Dense layers in the actor's residual blocks (multiple of 4)."""
-    critic_depth: int = 4
-    """Dense layers in each critic encoder's residual blocks (multiple of 4); φ and ψ share it."""
-    width: int = 256
-    """Hidden units of every layer of all three networks."""
+    network: NetworkShape = NetworkShape()
+    """Width, activation and ablation switches of all three networks of every learner."""
     repr_dim: int = 64
     """Output size of φ(s, a) and ψ(g)."""
-    activation: Literal["swish", "relu"] = "swish"
-    """'swish' (paper) or 'relu' (ablation)."""
-    layer_norm: bool = True
-    """LayerNorm after every Dense (paper); False is the ablation."""
-    residual: bool = True
-    """Residual connections around blocks of 4 layers (paper); False is the ablation."""
-    block_impl: Literal["scan", "unrolled"] = "scan"
-    """'scan' (compile time flat in depth) or 'unrolled'; see learners/networks.py and bench/depth_scaling.py."""
-    scan_unroll: int = 1
-    """Blocks per scan iteration when block_impl='scan'."""
-    remat: bool = False
-    """Recompute block activations in the backward pass (saves memory for very deep nets)."""
     actor_lr: float = 3e-4
     """Adam learning rate of the actor."""
     critic_lr: float = 3e-4
@@ -61,39 +46,31 @@ class CRLConfig:
     entropy_per_action_dim: float = 0.5
     """Target entropy is -entropy_per_action_dim · |A| (paper: 0.5)."""
 
-    def network(self, depth: int) -> NetworkConfig:
-        return NetworkConfig(
-            depth=depth,
-            width=self.width,
-            activation=self.activation,
-            layer_norm=self.layer_norm,
-            residual=self.residual,
-            block_impl=self.block_impl,
-            scan_unroll=self.scan_unroll,
-            remat=self.remat,
-        )
-
-    @property
-    def actor_network(self) -> NetworkConfig:
-        return self.network(self.actor_depth)
-
-    @property
-    def critic_network(self) -> NetworkConfig:
-        return self.network(self.critic_depth)
-
     def validate(self, field: str = "agent") -> None:
-        # Depths first: NetworkConfig.validate would otherwise report them as "<field>.actor_depth/width/....depth".
-        for name in ("actor_depth", "critic_depth"):
-            depth = getattr(self, name)
-            if depth < 4 or depth % 4:
-                raise ConfigError(f"{field}.{name} must be a positive multiple of 4 (4, 8, ..., 1024), got {depth}")
-        self.actor_network.validate(f"{field}.actor_depth/width/...")
-        self.critic_network.validate(f"{field}.critic_depth/width/...")
+        self.network.validate(field)
         for name in ("repr_dim", "actor_lr", "critic_lr", "alpha_lr"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{field}.{name} must be positive, got {getattr(self, name)}")
         if self.logsumexp_penalty < 0 or self.entropy_per_action_dim < 0:
             raise ConfigError(f"{field}.logsumexp_penalty and entropy_per_action_dim must be >= 0")
+
+
+@dataclasses.dataclass(frozen=True)
+class LearnerSpec:
+    """One learner of a run: its name (also its role, metrics file and replay table) and its depths."""
+
+    name: str
+    """e.g. "collector" or "learner_d16"."""
+    actor_depth: int
+    """Dense layers in the actor's residual blocks (multiple of 4)."""
+    critic_depth: int
+    """Dense layers in each critic encoder's residual blocks (multiple of 4); φ and ψ share it."""
+    collects: bool = False
+    """True for the one learner whose policy the actors run (the collector); the others only train from replay."""
+
+    def validate(self) -> None:
+        check_depth(self.actor_depth, f"{self.name}.actor_depth")
+        check_depth(self.critic_depth, f"{self.name}.critic_depth")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -122,26 +99,29 @@ class CRLState:
     """int32 []: SGD steps taken so far."""
 
 
-class Policy(NamedTuple):
-    """What acting needs: the actor's params (a subset of CRLState, so that params can be published alone)."""
-
-    actor_params: Params
-
-
 @dataclasses.dataclass(frozen=True)
 class CRLAgent:
     """Pure functions of one CRL agent, built by `make_agent`. Holds static structure only, no arrays."""
 
     config: CRLConfig
+    learner: LearnerSpec
     dims: Dims
 
     @property
+    def actor_network(self) -> NetworkConfig:
+        return self.config.network.at_depth(self.learner.actor_depth)
+
+    @property
+    def critic_network(self) -> NetworkConfig:
+        return self.config.network.at_depth(self.learner.critic_depth)
+
+    @property
     def actor(self) -> Actor:
-        return Actor(self.config.actor_network, self.dims.action_dim)
+        return Actor(self.actor_network, self.dims.action_dim)
 
     @property
     def critic(self) -> Critic:
-        return Critic(self.config.critic_network, self.config.repr_dim)
+        return Critic(self.critic_network, self.config.repr_dim)
 
     @property
     def target_entropy(self) -> float:
@@ -155,8 +135,8 @@ class CRLAgent:
         """Stable hash of everything that determines the parameter layout; params with another one are refused."""
         return fingerprint(
             {
-                "actor": dataclasses.asdict(self.config.actor_network),
-                "critic": dataclasses.asdict(self.config.critic_network),
+                "actor": dataclasses.asdict(self.actor_network),
+                "critic": dataclasses.asdict(self.critic_network),
                 "repr_dim": self.config.repr_dim,
                 "dims": dataclasses.asdict(self.dims),
             }
@@ -260,7 +240,8 @@ class CRLAgent:
         return state, jax.tree_util.tree_map(jnp.mean, metrics)
 
 
-def make_agent(config: CRLConfig, dims: Dims) -> CRLAgent:
-    """Validate `config` and build the agent."""
+def make_agent(config: CRLConfig, learner: LearnerSpec, dims: Dims) -> CRLAgent:
+    """Validate `config` and `learner`, and build the agent."""
     config.validate()
-    return CRLAgent(config=config, dims=dims)
+    learner.validate()
+    return CRLAgent(config=config, learner=learner, dims=dims)

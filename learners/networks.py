@@ -44,11 +44,9 @@ class ConfigError(ValueError):
 
 
 @dataclasses.dataclass(frozen=True)
-class NetworkConfig:
-    """Shape and ablation switches of one residual MLP."""
+class NetworkShape:
+    """Everything about a residual MLP but its depth: shared by the deep and the shallow learners of a run."""
 
-    depth: int = 4
-    """Dense layers inside the residual blocks (a multiple of 4, 4..1024 in the paper); depth/4 blocks."""
     width: int = 256
     """Hidden units of every Dense layer."""
     activation: Literal["swish", "relu"] = "swish"
@@ -68,9 +66,11 @@ class NetworkConfig:
     measured). True: it keeps only each block's input and recomputes the whole block (~1/5 of the activation memory,
     5-30% more step time on CPU); for very deep nets that do not fit in accelerator memory."""
 
+    def at_depth(self, depth: int) -> NetworkConfig:
+        """This shape with `depth` Dense layers in its residual blocks."""
+        return NetworkConfig(**dataclasses.asdict(self), depth=depth)
+
     def validate(self, field: str = "network") -> None:
-        if self.depth < 4 or self.depth % 4:
-            raise ConfigError(f"{field}.depth must be a positive multiple of 4 (4, 8, ..., 1024), got {self.depth}")
         if self.width <= 0:
             raise ConfigError(f"{field}.width must be positive, got {self.width}")
         if self.activation not in ("swish", "relu"):
@@ -79,6 +79,24 @@ class NetworkConfig:
             raise ConfigError(f"{field}.block_impl must be 'scan' or 'unrolled', got {self.block_impl!r}")
         if self.scan_unroll < 1:
             raise ConfigError(f"{field}.scan_unroll must be >= 1, got {self.scan_unroll}")
+
+
+def check_depth(depth: int, field: str) -> None:
+    """ConfigError unless `depth` is a positive multiple of 4 (one residual block is 4 Dense layers)."""
+    if isinstance(depth, bool) or not isinstance(depth, int) or depth < 4 or depth % 4:
+        raise ConfigError(f"{field} must be a positive multiple of 4 (4, 8, ..., 1024), got {depth}")
+
+
+@dataclasses.dataclass(frozen=True)
+class NetworkConfig(NetworkShape):
+    """Shape, ablation switches and depth of one residual MLP."""
+
+    depth: int = 4
+    """Dense layers inside the residual blocks (a multiple of 4, 4..1024 in the paper); depth/4 blocks."""
+
+    def validate(self, field: str = "network") -> None:
+        check_depth(self.depth, f"{field}.depth")
+        super().validate(field)
 
     @property
     def num_blocks(self) -> int:
