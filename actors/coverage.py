@@ -25,7 +25,7 @@ import numpy as np
 
 from actors.envs.mazes import MazeLayout
 
-__all__ = ["COVERAGE_DIR", "CoverageGrid", "coverage_path", "load"]
+__all__ = ["COVERAGE_DIR", "CoverageGrid", "bin_index", "coverage_path", "load"]
 
 COVERAGE_DIR = "coverage"
 """Sub-directory of a run directory holding one ``<role>.npz`` per actor."""
@@ -34,6 +34,15 @@ COVERAGE_DIR = "coverage"
 def coverage_path(run_dir: Path, role: str) -> Path:
     """Where actor `role` of the run in `run_dir` saves its coverage: ``<run_dir>/coverage/<role>.npz``."""
     return Path(run_dir) / COVERAGE_DIR / f"{role}.npz"
+
+
+def bin_index(xy, scaling: float, bins_per_cell: int, shape: tuple[int, int], xp=np):
+    """``(ix [M], iy [M])``: the bins of finite positions ``xy [M, 2]``, clipped into the edge bins. `xp` is the
+    array module (numpy here; `jax.numpy` in the single-process trainer, which bins inside its jitted step)."""
+    # Bin b along an axis covers [b h - s/2, (b + 1) h - s/2), h = s / k; so cell i's k bins are i k .. i k + k-1.
+    index = xp.floor((xy + scaling / 2) / (scaling / bins_per_cell)).astype(xp.int32)
+    n_x, n_y = shape
+    return xp.clip(index[:, 0], 0, n_x - 1), xp.clip(index[:, 1], 0, n_y - 1)
 
 
 @dataclasses.dataclass
@@ -99,11 +108,8 @@ class CoverageGrid:
         xy = xy[finite]
         if not len(xy):
             return
-        # Bin b along an axis covers [b h - s/2, (b + 1) h - s/2), h = s / k; so cell i's k bins are i k .. i k + k-1.
-        index = np.floor((xy + self.layout.scaling / 2) / self.bin_size).astype(np.int64)
+        ix, iy = bin_index(xy, self.layout.scaling, self.bins_per_cell, self.shape)
         n_x, n_y = self.shape
-        ix = np.clip(index[:, 0], 0, n_x - 1)
-        iy = np.clip(index[:, 1], 0, n_y - 1)
         self.counts += np.bincount(ix * n_y + iy, minlength=n_x * n_y).reshape(n_x, n_y)
 
     def cell_counts(self) -> np.ndarray:

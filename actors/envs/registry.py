@@ -59,6 +59,21 @@ def make_env(name: str, **overrides: Any) -> GoalEnv:
     return factory(**{**dict(entry.kwargs), **overrides})
 
 
+def compatibility_problems(train_env: str, other_env: str) -> list[str]:
+    """Why a policy trained on `train_env` cannot act in `other_env` (empty when it can): another family, another
+    observation layout (state size, goal slice) or another action size. Builds both envs."""
+    problems = []
+    if get_entry(train_env).family != get_entry(other_env).family:
+        problems.append(f"family {get_entry(other_env).family!r} instead of {get_entry(train_env).family!r}")
+    a, b = make_env(train_env), make_env(other_env)
+    layout = lambda env: (env.spec.state_dim, env.spec.goal_start, env.spec.goal_end)  # noqa: E731
+    if layout(a) != layout(b):
+        problems.append(f"observation layout (state_dim, goal slice) {layout(b)} instead of {layout(a)}")
+    if a.action_size != b.action_size:
+        problems.append(f"{b.action_size} actions instead of {a.action_size}")
+    return problems
+
+
 # --- the registry itself -------------------------------------------------------------------------------------
 # Families add their rows here (one `register` call per env).
 
