@@ -42,7 +42,8 @@ def cmd_train(argv: list[str]) -> int:
     import tyro
 
     from experiments.config import TrainConfig
-    from experiments.runs import RunDirError, check_run_dir, default_run_dir, prepare_run_dir, read_config, write_config
+    from experiments.runs import (RunDirError, check_run_dir, default_run_dir, format_version, prepare_run_dir,
+                                  read_config, write_config)
     from learners.networks import ConfigError
 
     config = tyro.cli(TrainConfig, args=argv, prog="depthrl train", config=(tyro.conf.OmitArgPrefixes,))
@@ -55,6 +56,12 @@ def cmd_train(argv: list[str]) -> int:
             if run.run_dir is None:
                 raise RunDirError("--resume needs --run-dir")
             check_run_dir(run.run_dir, resume=True, overwrite=False)
+            if format_version(run.run_dir) == 1:
+                raise RunDirError(
+                    f"{run.run_dir} was written by an older depthrl (config.json format_version 1) whose single learner "
+                    "logged as 'learner' and 'evaluator'; this depthrl names it 'collector' in every mode and cannot "
+                    "continue those metrics. `depthrl report` and `depthrl render` still read the run; to train "
+                    "further, start a new run (or continue this one with the depthrl revision in its config.json)")
             stored = read_config(run.run_dir, "train", TrainConfig)
             # The recorded config wins; only the run-control flags of this invocation apply.
             # overwrite=False: a run started with --overwrite recorded overwrite=True, which must not block resuming.
@@ -66,7 +73,7 @@ def cmd_train(argv: list[str]) -> int:
         else:
             config.validate()
             run_dir = run.run_dir or default_run_dir(
-                config.env.env, config.agent.actor_depth, config.agent.critic_depth, run.seed
+                config.env.env, config.depth.actor_depth, config.depth.critic_depth, run.seed
             )
             check_run_dir(run_dir, resume=False, overwrite=run.overwrite)
             prepare_run_dir(run_dir, overwrite=run.overwrite)
@@ -123,7 +130,7 @@ def _split_commas(argv: list[str], flags: tuple[str, ...]) -> list[str]:
 def cmd_run(argv: list[str]) -> int:
     import tyro
 
-    from experiments.config import COLLECTOR, DecoupledConfig, learner_name
+    from experiments.config import DecoupledConfig
     from experiments.runs import RunDirError, check_run_dir, default_run_dir, prepare_run_dir, write_config
     from learners.networks import ConfigError
 
@@ -158,16 +165,12 @@ def _check_port(config) -> None:
 
 
 def _launch(config, run_dir: Path) -> int:
-    from experiments.config import COLLECTOR
-
     if config.runtime.inline:
         from experiments.inline import run_training
 
-        names = config.runtime.learner_names()
         try:
-            run_training(config.as_train_config(), run_dir, roles=names,
-                         eval_roles=tuple(f"eval_{n}" for n in names),
-                         passive=tuple(config.agent_config(n) for n in names[1:]))
+            run_training(config.as_train_config(), run_dir, config.learners,
+                         resume_command=f"depthrl resume {run_dir}")
         except KeyboardInterrupt:
             return 130
         return 0
@@ -187,7 +190,7 @@ def _launch(config, run_dir: Path) -> int:
 def cmd_resume(argv: list[str]) -> int:
     import argparse
 
-    from experiments.roles import load_run_config
+    from experiments.compose import load_run_config
     from experiments.runs import RunDirError, check_run_dir
     from learners.networks import ConfigError
 
@@ -199,9 +202,10 @@ def cmd_resume(argv: list[str]) -> int:
         config = load_run_config(args.run_dir)
         config.validate()
         _check_port(config)
-        from experiments.roles import check_resume_state
+        from experiments.resume import check_resume_state, upgrade_v1_status
 
         check_resume_state(args.run_dir, config)
+        upgrade_v1_status(args.run_dir, config)
     except (ConfigError, RunDirError) as e:
         return _fail(str(e))
     return _launch(config, args.run_dir)
@@ -259,7 +263,7 @@ def _role_parser(prog: str):
 
 def _load_role_config(run_dir: Path):
     """The run's config for a role command, or a message for `_fail` (exit 2, nothing started)."""
-    from experiments.roles import load_run_config
+    from experiments.compose import load_run_config
     from experiments.runs import RunDirError, check_run_dir
 
     try:
@@ -291,8 +295,9 @@ def cmd_replay(argv: list[str]) -> int:
     config, error = _load_role_config(args.run_dir)
     if config is None:
         return _fail(error)
-    from experiments.launcher import LAUNCHER_PID_ENV, port_is_free
-    from experiments.roles import run_replay
+    from experiments.compose import LAUNCHER_PID_ENV
+    from experiments.launcher import port_is_free
+    from experiments.compose import run_replay
 
     if not 0 < args.port <= 65535:
         return _fail(f"--port must be in 1..65535, got {args.port}")
@@ -319,7 +324,7 @@ def cmd_learner(argv: list[str]) -> int:
         return _fail(f"--learners must list distinct learners of this run ({', '.join(known)}), got {args.learners!r}")
     if error := _check_replay_arg(args.replay):
         return _fail(error)
-    from experiments.roles import run_learner_role
+    from experiments.compose import run_learner_role
 
     return _run_role("learner", lambda: run_learner_role(args.run_dir, args.replay, names))
 
@@ -337,7 +342,7 @@ def cmd_actor(argv: list[str]) -> int:
                      f"actors), got {args.actor_id}")
     if error := _check_replay_arg(args.replay):
         return _fail(error)
-    from experiments.roles import run_actor_role
+    from experiments.compose import run_actor_role
 
     return _run_role("actor", lambda: run_actor_role(args.run_dir, args.replay, args.actor_id))
 
@@ -355,7 +360,7 @@ def cmd_evaluator(argv: list[str]) -> int:
                      f"got {args.learner!r}")
     if error := _check_replay_arg(args.replay):
         return _fail(error)
-    from experiments.roles import run_evaluator_role
+    from experiments.compose import run_evaluator_role
 
     return _run_role("evaluator", lambda: run_evaluator_role(args.run_dir, args.replay, args.learner))
 

@@ -14,9 +14,9 @@ from typing import Annotated, Literal, Optional
 
 import tyro
 
-from actors.envs.registry import UnknownEnvError, env_names, get_entry
-from learners.crl import CRLConfig
-from learners.networks import ConfigError
+from actors.envs.registry import UnknownEnvError, compatibility_problems, get_entry
+from learners.crl import CRLConfig, LearnerSpec
+from learners.networks import ConfigError, check_depth
 
 PAPER_SGD_STEPS_PER_ENV_STEP = 800 / (512 * 62)
 """The paper's update-to-data ratio: 800 SGD steps per training step of 512 envs x 62 env steps (1:39.7)."""
@@ -99,15 +99,36 @@ class RunConfig:
     """Do not print progress lines."""
 
 
+COLLECTOR = "collector"
+"""The name of the learner whose policy collects the data, in every mode (its role, metrics file and replay table)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class DepthConfig:
+    """Depths of the one learner of `depthrl train` (it is the collector)."""
+
+    actor_depth: int = 4
+    """Dense layers in the actor's residual blocks (multiple of 4)."""
+    critic_depth: int = 4
+    """Dense layers in each critic encoder's residual blocks (multiple of 4); φ and ψ share it."""
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
     """`depthrl train`: the single-process (inline) CRL trainer."""
 
     env: EnvConfig = EnvConfig()
     agent: CRLConfig = CRLConfig()
+    """Hyperparameters shared by every learner; depths are per learner."""
+    depth: DepthConfig = DepthConfig()
     schedule: ScheduleConfig = ScheduleConfig()
     eval: EvalConfig = EvalConfig()
     run: RunConfig = RunConfig()
+
+    @property
+    def learners(self) -> tuple[LearnerSpec, ...]:
+        """The collector, the only learner of a train run."""
+        return (LearnerSpec(COLLECTOR, self.depth.actor_depth, self.depth.critic_depth, collects=True),)
 
     def episode_length(self) -> int:
         if self.env.episode_length is not None:
@@ -131,11 +152,19 @@ class TrainConfig:
                 get_entry(name)
             except UnknownEnvError as e:
                 raise ConfigError(f"{field}: {e}") from None
+        if self.env.eval_env is not None:
+            problems = compatibility_problems(self.env.env, self.env.eval_env)
+            if problems:
+                raise ConfigError(f"eval_env {self.env.eval_env!r} cannot evaluate a policy trained on env "
+                                  f"{self.env.env!r}: {'; '.join(problems)}. Pick an eval env of the same family and "
+                                  "observation layout (e.g. the '_eval' variant of the training env)")
         if self.env.episode_length is not None and self.env.episode_length <= 0:
             raise ConfigError(f"episode_length must be positive, got {self.env.episode_length}")
         if self.env.reset_mode not in ("fixed_per_slot", "resample"):
             raise ConfigError(f"reset_mode must be 'fixed_per_slot' or 'resample', got {self.env.reset_mode!r}")
         self.agent.validate("agent")
+        for learner in self.learners:
+            learner.validate()
         s = self.schedule
         for name in (
             "num_envs",
@@ -185,14 +214,7 @@ class TrainConfig:
             raise ConfigError("--resume and --overwrite exclude each other")
 
 
-def known_envs_message() -> str:
-    return ", ".join(env_names())
-
-
 # --- the decoupled runtime (`depthrl run`) ---------------------------------------------------------------------------
-
-COLLECTOR = "collector"
-
 
 def learner_name(depth: int) -> str:
     """Role name of the passive learner of a given depth (actor and critic)."""
@@ -248,11 +270,6 @@ class RuntimeConfig:
     def learner_names(self) -> tuple[str, ...]:
         return (COLLECTOR,) + tuple(learner_name(d) for d in self.learner_depths)
 
-    def depth_of(self, name: str) -> int:
-        if name == COLLECTOR:
-            return self.collector_depth
-        return int(name.removeprefix("learner_d"))
-
 
 @dataclasses.dataclass(frozen=True)
 class DecoupledConfig:
@@ -260,37 +277,33 @@ class DecoupledConfig:
 
     env: EnvConfig = EnvConfig()
     agent: CRLConfig = CRLConfig()
-    """Shared learner hyperparameters; the depths come from runtime.collector_depth / runtime.learner_depths."""
+    """Hyperparameters shared by every learner; the depths come from runtime.collector_depth / runtime.learner_depths."""
     schedule: ScheduleConfig = ScheduleConfig()
     eval: EvalConfig = EvalConfig()
     run: RunConfig = RunConfig()
     runtime: RuntimeConfig = RuntimeConfig()
 
-    def agent_config(self, name: str) -> CRLConfig:
-        depth = self.runtime.depth_of(name)
-        return dataclasses.replace(self.agent, actor_depth=depth, critic_depth=depth)
+    @property
+    def learners(self) -> tuple[LearnerSpec, ...]:
+        """The collector, then every passive learner; actor and critic share each learner's depth."""
+        r = self.runtime
+        return (LearnerSpec(COLLECTOR, r.collector_depth, r.collector_depth, collects=True),
+                *(LearnerSpec(learner_name(d), d, d) for d in r.learner_depths))
 
     def as_train_config(self) -> TrainConfig:
         """The single-process config with the collector's depth (the reference this run must match)."""
-        return TrainConfig(
-            env=self.env, agent=self.agent_config(COLLECTOR), schedule=self.schedule, eval=self.eval, run=self.run
-        )
+        depth = self.runtime.collector_depth
+        return TrainConfig(env=self.env, agent=self.agent, depth=DepthConfig(depth, depth), schedule=self.schedule,
+                           eval=self.eval, run=self.run)
 
     def envs_per_actor(self) -> int:
         return self.schedule.num_envs // self.runtime.actors
 
     def validate(self) -> None:
         r = self.runtime
-        if r.collector_depth < 4 or r.collector_depth % 4:
-            raise ConfigError(
-                f"collector_depth must be a positive multiple of 4 (4, 8, ..., 1024), got {r.collector_depth}")
+        check_depth(r.collector_depth, "collector_depth")
         for depth in r.learner_depths:
-            if depth < 4 or depth % 4:
-                raise ConfigError(f"learner_depths must hold positive multiples of 4 (4, 8, ..., 1024), got {depth} "
-                                  f"in {list(r.learner_depths)}")
-        if (self.agent.actor_depth, self.agent.critic_depth) != (CRLConfig.actor_depth, CRLConfig.critic_depth):
-            raise ConfigError("actor_depth/critic_depth are set per role in a run: use --collector-depth and "
-                              "--learner-depths")
+            check_depth(depth, f"learner_depths (in {list(r.learner_depths)})")
         if not r.learner_depths:
             raise ConfigError("learner_depths must name at least one passive learner depth (positive multiples of 4), "
                               "e.g. --learner-depths 16,4")
@@ -323,8 +336,8 @@ class DecoupledConfig:
         if r.devices is not None:
             parse_devices(r.devices, r)
         self.as_train_config().validate()
-        for name in r.learner_names():
-            self.agent_config(name).validate(name)
+        for learner in self.learners:
+            learner.validate()
 
 
 def check_address(address: str, field: str) -> tuple[str, int]:

@@ -11,7 +11,6 @@ Ctrl-C) and resume.
 from __future__ import annotations
 
 import dataclasses
-import math
 import signal
 import sys
 import time
@@ -22,13 +21,15 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
-from actors.envs.registry import make_env
+from actors.coverage import bin_index
 from actors.envs.wrappers import TrainingEnv, TrainingEnvState
 from actors.rollout import evaluate, unroll
+from experiments.compose import RunParts
 from experiments.config import TrainConfig
 from experiments.metrics import JsonlLogger
-from learners.crl import CRLAgent, CRLState, Dims, make_agent
-from learners.relabel import flatten, minibatches, relabel
+from learners.checkpoint import Checkpointer
+from learners.crl import CRLAgent, CRLState, LearnerSpec
+from learners.step import LearnerPlan, learner_row, prepare
 from replay.memory import MemoryBuffer, MemoryState
 
 
@@ -56,10 +57,7 @@ class InlineTrainer:
     env: TrainingEnv
     eval_env: Any
     buffer: MemoryBuffer
-    window_steps: int
-    sgd_steps_per_iteration: int
-    window_draws: int
-    """Window sets sampled per iteration so that K x B transitions are drawn without replacement."""
+    plan: LearnerPlan
     passive_agents: tuple[CRLAgent, ...] = ()
     """Learners that train on the collector's minibatches and never act (inline mode of `depthrl run`)."""
     layout: Any = None
@@ -78,13 +76,10 @@ class InlineTrainer:
         (clipped into the edge bins; non-finite positions are skipped)."""
         if self.layout is None:
             return counts
-        scaling = self.layout.scaling
         xy = achieved_xy.reshape(-1, 2)
         finite = jnp.all(jnp.isfinite(xy), axis=-1)
-        index = jnp.floor((jnp.where(finite[:, None], xy, 0.0) + scaling / 2) / (scaling / self.coverage_bins_per_cell))
-        n_x, n_y = counts.shape
-        ix = jnp.clip(index[:, 0].astype(jnp.int32), 0, n_x - 1)
-        iy = jnp.clip(index[:, 1].astype(jnp.int32), 0, n_y - 1)
+        ix, iy = bin_index(jnp.where(finite[:, None], xy, 0.0), self.layout.scaling, self.coverage_bins_per_cell,
+                           counts.shape, xp=jnp)
         return counts.at[ix, iy].add(finite.astype(counts.dtype))
 
     def init(self, key: jax.Array) -> TrainerState:
@@ -124,16 +119,12 @@ class InlineTrainer:
         spec = self.env.env.spec
         schedule = self.config.schedule
 
-        def draw(keys):
-            obs, action, traj_id = self.buffer.sample_windows(state.buffer, keys[0], self.window_steps)
-            return flatten(relabel(keys[1], obs, action, traj_id, spec, schedule.goal_discount))
-
-        draw_keys = jnp.stack(
-            [jax.random.split(sample_key, self.window_draws), jax.random.split(relabel_key, self.window_draws)], axis=1
-        )
-        pool = jax.vmap(draw)(draw_keys)  # [D, W*E, ...]
-        pool = jax.tree_util.tree_map(lambda x: x.reshape((-1,) + x.shape[2:]), pool)
-        batches = minibatches(perm_key, pool, self.sgd_steps_per_iteration, schedule.batch_size)
+        draws = self.plan.window_sets_per_update(schedule.num_envs)
+        obs, action, traj_id = jax.vmap(
+            lambda k: self.buffer.sample_windows(state.buffer, k, self.plan.window_steps)
+        )(jax.random.split(sample_key, draws))  # [D, W, E, ...]
+        batches = prepare(jax.random.split(relabel_key, draws), perm_key, obs, action, traj_id, spec,
+                          schedule.goal_discount, self.plan)
         agent_state, metrics = self.agent.update_many(state.agent, batches, update_key)
         passive, passive_metrics = [], []
         for agent, agent_state_p in zip(self.passive_agents, state.passive):
@@ -152,29 +143,20 @@ class InlineTrainer:
         )
 
 
-def make_trainer(config: TrainConfig, passive: tuple = ()) -> InlineTrainer:
-    """Build the trainer; `passive` holds CRLConfigs of passive learners (inline `depthrl run`)."""
+def make_trainer(config: TrainConfig, learners: tuple[LearnerSpec, ...] | None = None) -> InlineTrainer:
+    """Build the trainer for `learners` (the collector first; default: the config's one learner)."""
     config.validate()
-    episode_length = config.episode_length()
-    env = make_env(config.env.env, episode_length=episode_length)
-    eval_env = make_env(config.env.eval_env or config.env.env, episode_length=episode_length)
-    spec = env.spec
-    dims = Dims(state_dim=spec.state_dim, goal_dim=spec.goal_dim, action_dim=env.action_size)
-    agent = make_agent(config.agent, dims)
-    s = config.schedule
-    window = config.window_steps()
-    k = s.sgd_steps_per_iteration()
-    draws = max(1, math.ceil(k * s.batch_size / (window * s.num_envs)))
+    parts = RunParts.for_train(config, learners)
+    names = list(parts.learners)
+    env, s = parts.env, config.schedule
     return InlineTrainer(
         config=config,
-        agent=agent,
-        env=TrainingEnv(env, episode_length, config.env.reset_mode),
-        eval_env=eval_env,
-        buffer=MemoryBuffer(s.buffer_capacity_steps, s.num_envs, spec.obs_dim, env.action_size),
-        window_steps=window,
-        sgd_steps_per_iteration=k,
-        window_draws=draws,
-        passive_agents=tuple(make_agent(c, dims) for c in passive),
+        agent=parts.agent(names[0]),
+        env=parts.training_env,
+        eval_env=parts.eval_env,
+        buffer=MemoryBuffer(s.buffer_capacity_steps, s.num_envs, env.spec.obs_dim, env.action_size),
+        plan=parts.plan,
+        passive_agents=tuple(parts.agent(n) for n in names[1:]),
         layout=getattr(env, "layout", None),
     )
 
@@ -195,49 +177,13 @@ class _StopFlag:
         self.stop, self.signum = True, signum
 
 
-def _checkpointer(run_dir: Path):
-    import orbax.checkpoint as ocp
-
-    options = ocp.CheckpointManagerOptions(max_to_keep=2, create=True)
-    return ocp.CheckpointManager((run_dir / "checkpoints").resolve(), options=options)
-
-
-def _save(manager, state: TrainerState, wall_time: float) -> None:
-    import orbax.checkpoint as ocp
-
-    step = int(state.env_steps)
-    if manager.latest_step() == step:
-        return
-    manager.save(
-        step,
-        args=ocp.args.Composite(
-            state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave({"wall_time": wall_time, "env_steps": step})
-        ),
-    )
-    manager.wait_until_finished()
-
-
-def _restore(manager, abstract_state: TrainerState) -> tuple[TrainerState, float]:
-    import orbax.checkpoint as ocp
-
-    step = manager.latest_step()
-    restored = manager.restore(
-        step,
-        args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()),
-    )
-    return restored["state"], float(restored["meta"]["wall_time"])
-
-
-def run_training(
-    config: TrainConfig,
-    run_dir: Path,
-    roles: tuple[str, ...] = ("learner",),
-    eval_roles: tuple[str, ...] = ("evaluator",),
-    passive: tuple = (),
-) -> dict[str, float]:
-    """Train until `total_env_steps`; the run dir must already hold config.json. `roles`/`eval_roles` name the
-    collector and each passive learner (configs in `passive`) in the metrics. Returns the collector's last eval."""
-    trainer = make_trainer(config, passive)
+def run_training(config: TrainConfig, run_dir: Path, learners: tuple[LearnerSpec, ...] | None = None,
+                 resume_command: str | None = None) -> dict[str, float]:
+    """Train until `total_env_steps`; the run dir must already hold config.json. `learners` (the collector first,
+    then passive learners on the same minibatches; default: the config's one learner) name the metrics files
+    ``{name}.jsonl`` and ``eval_{name}.jsonl``. Returns the collector's last eval."""
+    trainer = make_trainer(config, learners)
+    names = tuple(agent.learner.name for agent in (trainer.agent, *trainer.passive_agents))
     s, run = config.schedule, config.run
     root_key = jax.random.PRNGKey(run.seed)
 
@@ -246,22 +192,27 @@ def run_training(
     iteration = jax.jit(trainer.iteration, donate_argnums=0)
     evaluate_fn = jax.jit(trainer.evaluate, static_argnums=2)
 
-    manager = _checkpointer(run_dir)
+    checkpointer = Checkpointer(run_dir / "checkpoints", item="state")
     state = init(jax.random.fold_in(root_key, 0))
     wall_offset = 0.0
-    if manager.latest_step() is not None:
-        state, wall_offset = _restore(manager, jax.eval_shape(lambda: state))
+    restored = checkpointer.restore(state)
+    if restored is not None:
+        state, wall_offset = restored[0], float(restored[1]["wall_time"])
         _progress(run, f"resumed from checkpoint at {int(state.env_steps)} env steps")
 
+    def save() -> None:
+        step = int(state.env_steps)
+        checkpointer.save(step, state, {"wall_time": time.time() - start, "env_steps": step})
+
     start = time.time() - wall_offset
-    learner_logs = [JsonlLogger(run_dir / "metrics" / f"{r}.jsonl", r, start_time=start) for r in roles]
-    eval_logs = [JsonlLogger(run_dir / "metrics" / f"{r}.jsonl", r, start_time=start) for r in eval_roles]
+    learner_logs = [JsonlLogger(run_dir / "metrics" / f"{n}.jsonl", n, start_time=start) for n in names]
+    eval_logs = [JsonlLogger(run_dir / "metrics" / f"eval_{n}.jsonl", f"eval_{n}", start_time=start) for n in names]
     stop = _StopFlag()
     previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
-    prefill_iterations = math.ceil(s.prefill_steps_per_env / s.unroll_length)
+    plan = trainer.plan
     last_eval: dict[str, float] = {}
     try:
-        while int(state.buffer.inserted_steps) < prefill_iterations * s.unroll_length and not stop.stop:
+        while int(state.buffer.inserted_steps) * s.num_envs < plan.prefill_env_steps and not stop.stop:
             state = collect(state)
         last_checkpoint = time.time()
         next_eval = _next_multiple(int(state.env_steps), config.eval.eval_every_env_steps)
@@ -270,18 +221,16 @@ def run_training(
             state, all_metrics = iteration(state)
             env_steps, grad_steps = int(state.env_steps), int(state.agent.grad_steps)
             elapsed = max(time.time() - iter_start, 1e-9)
-            rates = {
-                "env_steps_per_second": (env_steps - iter_env_steps) / elapsed,
-                "grad_steps_per_second": (grad_steps - iter_grad_steps) / elapsed,
-                "update_to_data": grad_steps / max(env_steps - prefill_iterations * s.env_steps_per_iteration, 1),
-                "policy_lag": 0.0,  # inline: every iteration acts with the newest params
-            }
+            rows = [learner_row(metrics, grad_steps=grad_steps, env_steps=env_steps, plan=plan,
+                                grad_steps_per_second=(grad_steps - iter_grad_steps) / elapsed,
+                                policy_lag=0.0,  # inline: every iteration acts with the newest params
+                                env_steps_per_second=(env_steps - iter_env_steps) / elapsed)
+                    for metrics in all_metrics]
             iter_start, iter_env_steps, iter_grad_steps = time.time(), env_steps, grad_steps
-            for log, metrics in zip(learner_logs, all_metrics):
-                metrics = {**{k: float(v) for k, v in metrics.items()}, **rates}
-                log.log(metrics, env_steps=env_steps, grad_steps=grad_steps, param_version=grad_steps)
+            for log, row in zip(learner_logs, rows):
+                log.log(row, env_steps=env_steps, grad_steps=grad_steps, param_version=grad_steps)
             if env_steps >= next_eval or env_steps >= s.total_env_steps:
-                collector_metrics = {**{k: float(v) for k, v in all_metrics[0].items()}, **rates}
+                collector_metrics = rows[0]
                 agent_states = (state.agent, *state.passive)
                 for index, (log, agent_state) in enumerate(zip(eval_logs, agent_states)):
                     result = _evaluate_and_log(evaluate_fn, agent_state, index, env_steps, root_key, log, run,
@@ -289,22 +238,21 @@ def run_training(
                     if index == 0:
                         last_eval = result
                 next_eval = _next_multiple(env_steps, config.eval.eval_every_env_steps)
-                _save_coverage(trainer, state, run_dir, roles[0])
+                _save_coverage(trainer, state, run_dir, names[0])
             if time.time() - last_checkpoint > run.checkpoint_every_seconds:
-                _save(manager, state, time.time() - start)
+                save()
                 last_checkpoint = time.time()
-        _save(manager, state, time.time() - start)
-        _save_coverage(trainer, state, run_dir, roles[0])
+        save()
+        _save_coverage(trainer, state, run_dir, names[0])
         if stop.stop:
-            again = (f"depthrl train --run-dir {run_dir} --resume" if roles == ("learner",)
-                     else f"depthrl resume {run_dir}")
+            again = resume_command or f"depthrl train --run-dir {run_dir} --resume"
             _progress(run, f"stopped by signal {stop.signum} at {int(state.env_steps)} env steps; continue with: {again}")
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         for log in learner_logs + eval_logs:
             log.close()
-        manager.close()
+        checkpointer.close()
     if stop.stop:
         raise KeyboardInterrupt
     return last_eval

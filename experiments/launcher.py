@@ -26,16 +26,16 @@ import sys
 import time
 from pathlib import Path
 
+from experiments.compose import LAUNCHER_PID_ENV, learner_processes
 from experiments.config import DecoupledConfig, parse_devices
 from experiments.metrics import read_jsonl
 from experiments.runs import EXIT_RUN_DIR_UNWRITABLE
+from replay.status import RunStatus
 
 SHUTDOWN_GRACE_SECONDS = 9.0
 """SIGTERM to SIGKILL for the slowest child: with the launcher's own overhead every child is gone within 10 s."""
 RESTART_BACKOFF_SECONDS = (1.0, 10.0)
 """First delay before restarting a crashed role and its cap; the delay doubles with each restart of that role."""
-LAUNCHER_PID_ENV = "DEPTHRL_LAUNCHER_PID"
-"""Set in every child's environment: the role stops when its parent is no longer this pid (the launcher died)."""
 
 
 def port_is_free(port: int, host: str = "") -> bool:
@@ -168,14 +168,12 @@ def build_roles(config: DecoupledConfig, run_dir: Path, replay_address: str, rep
     if replay_port is not None:
         roles.append(Role("replay", base + ["replay", *common, "--port", str(replay_port)],
                           _role_env(config, "replay"), logs / "replay.log"))
-    names = config.runtime.learner_names()
-    groups = [names] if config.runtime.sampling_mode == "shared-batch" else [(n,) for n in names]
-    for group in groups:
+    for group in learner_processes(config):
         label = "+".join(group)
         roles.append(Role(f"learner:{label}", base + ["learner", *common, "--replay", replay_address,
                                                       "--learners", ",".join(group)],
                           _role_env(config, group[0]), logs / f"learner_{label}.log"))
-    for name in names:
+    for name in config.runtime.learner_names():
         roles.append(Role(f"eval_{name}", base + ["evaluator", *common, "--replay", replay_address,
                                                   "--learner", name],
                           _role_env(config, f"eval_{name}"), logs / f"eval_{name}.log"))
@@ -323,6 +321,7 @@ def supervise(config: DecoupledConfig, run_dir: Path, roles: list[Role], quiet: 
         shutdown(roles)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+    RunStatus(run_dir).set("run", "stopped" if failed or stopping["signal"] else "finished")
     if failed:
         print(f"depthrl run: {failed}", file=sys.stderr)
         print(f"depthrl run: fix the cause, then continue with: depthrl resume {run_dir}", file=sys.stderr)

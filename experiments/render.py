@@ -70,10 +70,10 @@ class PolicySource:
     def eval_env(self) -> str | None:
         return self.config.env.eval_env
 
-    def agent_config(self):
-        if self.kind == "train":
-            return self.config.agent
-        return self.config.agent_config(self.role)
+    @property
+    def learner(self):
+        """The `LearnerSpec` of `role` (its depths, as config.json states them)."""
+        return {spec.name: spec for spec in self.config.learners}[self.role]
 
 
 def _step_dirs(directory: Path) -> list[Path]:
@@ -171,7 +171,7 @@ def load_actor_params(source: PolicySource, env) -> tuple[Any, Any]:
     from learners.crl import Dims, make_agent
 
     spec = env.spec
-    agent = make_agent(source.agent_config(), Dims(spec.state_dim, spec.goal_dim, env.action_size))
+    agent = make_agent(source.config.agent, source.learner, Dims(spec.state_dim, spec.goal_dim, env.action_size))
     abstract = jax.eval_shape(agent.init, jax.random.key(0)).actor_params
     item: dict = {"actor_params": abstract}
     for key in reversed(source.tree_path):

@@ -15,8 +15,13 @@ from pathlib import Path
 from typing import Any
 
 CONFIG_FILE = "config.json"
-FORMAT_VERSION = 1
-"""Bumped when the layout of a run directory changes incompatibly; `resume` refuses other versions."""
+FORMAT_VERSION = 2
+"""Bumped when the layout of a run directory changes. 1: the agent config held actor/critic depths and the network
+fields flat (a decoupled run's depths were in `runtime` only) and a train run's learner was named "learner".
+2: a depth-free agent config (`agent.network`) and a top-level "learners" list stating every learner's depths; the
+collecting learner is "collector" in every mode. Format 1 is read by converting it (`upgrade_v1`)."""
+
+NETWORK_SHAPE_FIELDS = ("width", "activation", "layer_norm", "residual", "block_impl", "scan_unroll", "remat")
 
 PACKAGES = ("jax", "jaxlib", "flax", "optax", "brax", "mujoco", "dm-reverb", "tensorflow-cpu", "orbax-checkpoint",
             "numpy", "pandas", "matplotlib", "tyro")
@@ -175,6 +180,7 @@ def write_config(run_dir: Path, kind: str, config: Any) -> None:
         "format_version": FORMAT_VERSION,
         "kind": kind,
         "config": to_jsonable(config),
+        "learners": [dataclasses.asdict(learner) for learner in config.learners],
         "git_revision": git_revision(),
         "packages": package_versions(),
         "created": _dt.datetime.now().isoformat(timespec="seconds"),
@@ -189,16 +195,40 @@ def read_config(run_dir: Path, kind: str, cls: type) -> Any:
         raise RunDirError(f"cannot read {run_dir / CONFIG_FILE}: {e}") from None
     if not isinstance(payload, dict):
         raise RunDirError(f"{run_dir / CONFIG_FILE} does not hold a run record (a JSON object)")
-    if payload.get("format_version") != FORMAT_VERSION:
+    version = payload.get("format_version")
+    if version not in (1, FORMAT_VERSION):
         raise RunDirError(
-            f"{run_dir} was written by an incompatible depthrl: format_version {payload.get('format_version')!r}, "
-            f"this depthrl reads format_version {FORMAT_VERSION} only"
+            f"{run_dir} was written by an incompatible depthrl: format_version {version!r}, this depthrl reads "
+            f"format_version 1 and {FORMAT_VERSION}; use the depthrl revision recorded in its config.json "
+            f"(git_revision {payload.get('git_revision', '?')!r}) to continue it"
         )
     if payload.get("kind") != kind:
         raise RunDirError(f"{run_dir} is a {payload.get('kind')!r} run (config.json kind), not a {kind!r} run")
     if not isinstance(payload.get("config"), dict):
         raise RunDirError(f"{run_dir / CONFIG_FILE}: 'config' must be a JSON object")
-    return from_jsonable(cls, payload["config"])
+    config = payload["config"] if version == FORMAT_VERSION else upgrade_v1(kind, payload["config"])
+    return from_jsonable(cls, config)
+
+
+def format_version(run_dir: Path) -> int | None:
+    """The format_version recorded in `run_dir`'s config.json, None when it cannot be read."""
+    try:
+        return json.loads((run_dir / CONFIG_FILE).read_text()).get("format_version")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def upgrade_v1(kind: str, config: dict) -> dict:
+    """A format-1 recorded config as format 2: the network fields move into `agent.network`; a train run's depths
+    move to `depth`; a decoupled run's agent depths (always the unused defaults) are dropped."""
+    config = dict(config)
+    agent = dict(config.get("agent") or {})
+    depths = {name: agent.pop(name) for name in ("actor_depth", "critic_depth") if name in agent}
+    agent["network"] = {name: agent.pop(name) for name in NETWORK_SHAPE_FIELDS if name in agent}
+    config["agent"] = agent
+    if kind == "train":
+        config["depth"] = depths
+    return config
 
 
 def atomic_write_text(path: Path, text: str) -> None:
