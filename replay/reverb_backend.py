@@ -22,12 +22,10 @@ a private network.
 
 from __future__ import annotations
 
-import argparse
 import concurrent.futures
 import dataclasses
 import json
 import math
-import signal
 import sys
 import threading
 import time
@@ -79,38 +77,6 @@ def _lost_connection(error: BaseException) -> bool:
 # --------------------------------------------------------------------------------------------------- configs
 
 
-def samples_per_insert_for_utd(
-    sgd_steps_per_env_step: float,
-    batch_size_transitions: int,
-    window_length: int,
-    transitions_per_window: int | None = None,
-) -> float:
-    """Windows a learner must sample per inserted window to run at a given update-to-data ratio.
-
-    Derivation (u = `sgd_steps_per_env_step`, B = `batch_size_transitions`, T = `window_length`,
-    K = `transitions_per_window`):
-    - the learner consumes u * B transitions per env step;
-    - one inserted window holds T env steps, so per inserted window it consumes u * B * T transitions;
-    - one sampled window yields K transitions for SGD, so it must sample u * B * T / K windows per inserted
-      window. That is Reverb's ``samples_per_insert`` (every sampled item costs 1, every insert 1).
-
-    K defaults to T - 1: relabelling gives every step but the last a future goal inside the window (paper
-    digest 1.4), and each of them is used once. With K = T (a relabeller that also keeps the last step) this is
-    exactly u * B. Paper default u = 800 / 31744, B = 512, T = 1000: 12.903 * 1000 / 999 = 12.916.
-    (The paper's own loop draws 999 tuples per window but uses only 800 of them per training step; to copy its
-    *sampled-windows* rate instead of its transition rate, pass K = 800, giving 16.13.)
-    """
-    if sgd_steps_per_env_step <= 0:
-        raise ValueError(f"sgd_steps_per_env_step must be positive, got {sgd_steps_per_env_step}")
-    if batch_size_transitions <= 0 or window_length <= 0:
-        raise ValueError("batch_size_transitions and window_length must be positive")
-    if transitions_per_window is None:
-        transitions_per_window = window_length - 1
-    if not 0 < transitions_per_window <= window_length:
-        raise ValueError(f"transitions_per_window must be in [1, {window_length}], got {transitions_per_window}")
-    return sgd_steps_per_env_step * batch_size_transitions * window_length / transitions_per_window
-
-
 @dataclasses.dataclass(frozen=True)
 class LearnerTableConfig:
     """The window table of one learner and its rate limiter."""
@@ -118,7 +84,8 @@ class LearnerTableConfig:
     name: str
     """Learner name, also the table name, e.g. "collector" or "learner_d4"."""
     samples_per_insert: float | None
-    """Windows sampled per inserted window (see `samples_per_insert_for_utd`); None: no ratio, only MinSize."""
+    """Windows sampled per inserted window (the learner's plan computes it from the update-to-data setting); None: no
+    ratio, only MinSize."""
     min_size_to_sample_windows: int
     """Sampling blocks until the table holds this many windows."""
     error_buffer_samples: float = 0.0
@@ -184,17 +151,6 @@ class ReplayTablesConfig:
                 raise ValueError(f"{learner.name}: min_size_to_sample_windows exceeds max_size_windows")
             learner.rate_limiter()  # Reverb validates the error buffer against samples_per_insert
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> ReplayTablesConfig:
-        return cls(
-            learners=tuple(LearnerTableConfig(**learner) for learner in data["learners"]),
-            max_size_windows=int(data["max_size_windows"]),
-            param_roles=tuple(data["param_roles"]),
-        )
-
 
 def params_table(role: str) -> str:
     return PARAMS_TABLE_PREFIX + role
@@ -202,16 +158,6 @@ def params_table(role: str) -> str:
 
 def params_version_table(role: str) -> str:
     return PARAMS_VERSION_TABLE_PREFIX + role
-
-
-def encode_server_config(tables_config: ReplayTablesConfig, window_spec: WindowSpec) -> str:
-    """JSON for ``python -m replay.reverb_backend --config-json``."""
-    return json.dumps({"tables": tables_config.to_dict(), "window_spec": dataclasses.asdict(window_spec)})
-
-
-def decode_server_config(text: str) -> tuple[ReplayTablesConfig, WindowSpec]:
-    data = json.loads(text)
-    return ReplayTablesConfig.from_dict(data["tables"]), WindowSpec(**data["window_spec"])
 
 
 def window_signature(window_spec: WindowSpec) -> dict[str, tf.TensorSpec]:
@@ -394,45 +340,6 @@ def table_metrics(infos: Mapping[str, reverb.reverb_types.TableInfo], role: str 
 def replay_metrics(address: str, timeout_s: float, role: str = "replay") -> dict[str, float]:
     """`table_metrics` of the server at `address`, bounded by `timeout_s`."""
     return table_metrics(server_info(reverb.Client(address), timeout_s), role)
-
-
-def serve_forever(
-    tables_config: ReplayTablesConfig,
-    window_spec: WindowSpec,
-    port: int,
-    checkpoint_dir: str | None,
-    checkpoint_every_seconds: float,
-) -> None:
-    """Run a server until SIGTERM/SIGINT; checkpoint every `checkpoint_every_seconds` (<= 0: never on a timer)
-    and once more at shutdown when `checkpoint_dir` is set, then stop the server."""
-    stop = threading.Event()
-
-    def request_stop(signum: int, frame: Any) -> None:  # noqa: ARG001 (signal handler signature)
-        stop.set()
-
-    signal.signal(signal.SIGTERM, request_stop)
-    signal.signal(signal.SIGINT, request_stop)
-    server = start_server(tables_config, window_spec, port, checkpoint_dir)
-    client = reverb.Client(f"127.0.0.1:{server.port}")
-    _log(f"serving tables {list(server_info(client, 30.0))} on port {server.port}")
-    periodic = checkpoint_dir is not None and checkpoint_every_seconds > 0
-    next_checkpoint = time.monotonic() + checkpoint_every_seconds
-    try:
-        # Wake at least once a second: signal handlers run in this (main) thread between waits.
-        while not stop.wait(timeout=1.0 if not periodic else max(0.0, min(1.0, next_checkpoint - time.monotonic()))):
-            if periodic and time.monotonic() >= next_checkpoint:
-                _log(f"checkpoint written to {client.checkpoint()}")
-                next_checkpoint = time.monotonic() + checkpoint_every_seconds
-        if checkpoint_dir is not None:
-            # Blocks all traffic while writing; that is fine at shutdown.
-            _log(f"final checkpoint written to {client.checkpoint()}")
-    finally:
-        server.stop()
-        _log("server stopped")
-
-
-def _log(message: str) -> None:
-    print(f"[replay.reverb_backend {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
 # ---------------------------------------------------------------------------------------------- bounded calls
@@ -752,22 +659,3 @@ class ParamStore:
         leaves = params_lib.unpack(bytes(description).decode("utf-8"), parts)
         meta = json.loads(bytes(meta_bytes).decode("utf-8"))
         return int(version), params_lib.unflatten_like(template, leaves), meta
-
-
-# ------------------------------------------------------------------------------------------------------- main
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Run the replay server of the decoupled runtime.")
-    parser.add_argument("--port", type=int, required=True, help="gRPC port (the server binds all interfaces).")
-    parser.add_argument("--config-json", required=True, help="output of encode_server_config(tables, spec).")
-    parser.add_argument("--checkpoint-dir", default=None, help="persistent checkpoints; restored at start.")
-    parser.add_argument("--checkpoint-every-seconds", type=float, default=600.0,
-                        help="periodic checkpoint interval; <= 0 checkpoints only at shutdown.")
-    args = parser.parse_args(argv)
-    tables_config, window_spec = decode_server_config(args.config_json)
-    serve_forever(tables_config, window_spec, args.port, args.checkpoint_dir, args.checkpoint_every_seconds)
-
-
-if __name__ == "__main__":
-    main()

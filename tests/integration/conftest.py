@@ -1,12 +1,14 @@
 """Fixtures for integration tests: real Reverb servers in their own processes on 127.0.0.1.
 
-Servers are started with subprocess (exec of ``python -m replay.reverb_backend``), never fork: gRPC and JAX are not
-fork-safe. Every wait here is bounded; teardown sends SIGTERM and kills only the processes these fixtures started.
+Servers are started with subprocess (exec of ``python -c SERVER_SCRIPT``, which calls `start_server`), never fork:
+gRPC and JAX are not fork-safe. Every wait here is bounded; teardown sends SIGTERM and kills only the processes these
+fixtures started.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import signal
 import subprocess
@@ -72,25 +74,42 @@ class ServerProcess:
 
 LaunchServer = Callable[..., ServerProcess]
 
+SERVER_SCRIPT = """
+import json, signal, sys, threading
+from replay import reverb_backend as rb
+from replay.schema import WindowSpec
+
+args = json.loads(sys.argv[1])
+tables = args["tables"]
+config = rb.ReplayTablesConfig(learners=tuple(rb.LearnerTableConfig(**learner) for learner in tables["learners"]),
+                               max_size_windows=tables["max_size_windows"], param_roles=tuple(tables["param_roles"]))
+stop = threading.Event()
+signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
+server = rb.start_server(config, WindowSpec(**args["window_spec"]), args["port"], args["checkpoint_dir"])
+print("serving on port", server.port, flush=True)
+while not stop.wait(1.0):  # signal handlers run in this thread between waits
+    pass
+if args["checkpoint_dir"] is not None:
+    print("final checkpoint written to", rb.wait_for_server(f"127.0.0.1:{server.port}", 30.0).checkpoint(), flush=True)
+server.stop()
+"""
+"""A replay server process: `start_server` with the given tables and checkpoint directory (restored at start) until
+SIGTERM, then one checkpoint (with a directory) and a clean stop. What a run's replay role does besides (periodic
+checkpoints, metrics) is tested with the role, in tests/e2e."""
+
 
 def _launch(
     tables_config: reverb_backend.ReplayTablesConfig,
     window_spec: WindowSpec,
     log_dir: Path,
     checkpoint_dir: Path | None = None,
-    checkpoint_every_seconds: float = 600.0,
 ) -> ServerProcess:
     """Start a server process on a free port without waiting for it (start several, then `wait_ready` each)."""
     port = portpicker.pick_unused_port()
     log_path = log_dir / f"reverb_server_{port}.log"
-    command = [
-        sys.executable, "-m", "replay.reverb_backend",
-        "--port", str(port),
-        "--config-json", reverb_backend.encode_server_config(tables_config, window_spec),
-        "--checkpoint-every-seconds", str(checkpoint_every_seconds),
-    ]
-    if checkpoint_dir is not None:
-        command += ["--checkpoint-dir", str(checkpoint_dir)]
+    args = {"tables": dataclasses.asdict(tables_config), "window_spec": dataclasses.asdict(window_spec), "port": port,
+            "checkpoint_dir": None if checkpoint_dir is None else str(checkpoint_dir)}
+    command = [sys.executable, "-c", SERVER_SCRIPT, json.dumps(args)]
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -101,15 +120,15 @@ def _launch(
 
 @pytest.fixture
 def launch_server(tmp_path: Path) -> Iterator[LaunchServer]:
-    """Factory: ``launch_server(tables_config, window_spec, checkpoint_dir=None, checkpoint_every_seconds=600)``.
+    """Factory: ``launch_server(tables_config, window_spec, checkpoint_dir=None)``.
 
     Returns a started `ServerProcess` that may not answer yet: call ``wait_ready()``. All are terminated at
     teardown.
     """
     started: list[ServerProcess] = []
 
-    def launch(tables_config, window_spec, checkpoint_dir=None, checkpoint_every_seconds=600.0) -> ServerProcess:
-        server = _launch(tables_config, window_spec, tmp_path, checkpoint_dir, checkpoint_every_seconds)
+    def launch(tables_config, window_spec, checkpoint_dir=None) -> ServerProcess:
+        server = _launch(tables_config, window_spec, tmp_path, checkpoint_dir)
         started.append(server)
         return server
 
