@@ -46,6 +46,14 @@ def fingerprint(config: Mapping[str, Any]) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
+def check_fingerprint(got: str, expected: str, source: str) -> None:
+    """`FingerprintMismatch` unless `got` is `expected`; `source` names the params in the message, e.g.
+    ``"params of 'collector' (version 3)"``. Every `ParamStore` runs it before rebuilding params into a template."""
+    if got != expected:
+        raise FingerprintMismatch(f"{source} have fingerprint {got!r}, expected {expected!r}: the publisher runs "
+                                  f"another network config")
+
+
 def _is_namedtuple(node: Any) -> bool:
     return isinstance(node, tuple) and hasattr(node, "_fields")
 

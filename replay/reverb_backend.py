@@ -1,4 +1,8 @@
-"""Reverb transport of the decoupled runtime: tables, server process, window writer/sampler, params over Reverb.
+"""Reverb transport of the decoupled runtime: tables, server, and the `replay.protocols` interfaces over Reverb.
+
+`WindowWriter`, `WindowSampler` and `ParamStore` implement the protocols of the same names (the contract tests in
+tests/integration/test_transport_contract.py run them beside `replay.memory.InProcessReplay`); `start_server` starts a
+server in the calling process (the ``depthrl replay`` role runs it, with its checkpoint timer).
 
 The only module in the project that imports ``reverb`` or ``tensorflow``. Everything that crosses it is numpy
 (`replay.schema.Window`, flat param buffers from `replay.params`), so actors and learners never see Reverb types.
@@ -11,7 +15,7 @@ Layout on one server (see replay/README.md for the reasoning):
 - a window item is packed into one column (`replay.schema.WindowSpec.pack`, `REPLAY_LAYOUT`): Reverb's cost per
   column of an item is fixed, so fewer columns mean cheaper writes and less memory per stored step.
 - two tiny *params tables* per publishing role: ``params/{role}`` (max_size 1, the newest params) and
-  ``params_version/{role}`` (max_size 1, only version + fingerprint, so a reader can poll cheaply).
+  ``params_version/{role}`` (max_size 1, only version, fingerprint and meta, so a reader can poll cheaply).
 
 Liveness: Reverb's ``client.sample`` and ``server_info()`` without a deadline block forever (no server, empty
 table, rate limiter). Every blocking call here has a bound and raises `ReplayTimeout` instead of hanging.
@@ -40,6 +44,8 @@ from reverb import pybind
 from reverb.platform import checkpointers_lib
 
 from replay import params as params_lib
+# Defined with the interfaces; imported here so that callers of this backend can keep writing `rb.ReplayTimeout`.
+from replay.protocols import ReplayTimeout, ReplayUnavailable, Versioned
 from replay.schema import LAYOUT_COLUMNS, REPLAY_LAYOUT, Window, WindowSpec, stamp_checkpoint_layout
 
 # Learners are JAX processes that import this module for the sampler: TensorFlow must not claim an accelerator
@@ -54,15 +60,6 @@ _T = TypeVar("_T")
 
 PARAMS_TABLE_PREFIX = "params/"
 PARAMS_VERSION_TABLE_PREFIX = "params_version/"
-
-
-class ReplayTimeout(TimeoutError):
-    """A bounded wait on the replay server ran out (server down, table empty or a rate limiter blocking)."""
-
-
-class ReplayUnavailable(ReplayTimeout):
-    """The connection to the replay server broke (it died or is restarting). A subclass of `ReplayTimeout` because
-    callers handle both alike: report, wait, call again. Reverb's gRPC channel reconnects by itself."""
 
 
 # gRPC's words for a connection that failed or broke (status UNAVAILABLE); Reverb raises them as RuntimeError.
@@ -418,23 +415,9 @@ class WindowWriter:
         self._squeezed = [True]
         # Reverb warns when 50 items are pending; flush every few envs to stay well below that.
         self._envs_per_flush = max(1, 24 // len(self._table_names))
-        self._expected = {
-            name: (shape, dtype) for name, (shape, dtype) in window_spec.shapes_and_dtypes().items()
-        }
         self.windows_written = 0
         """Windows whose items were confirmed by the server in every table."""
         self._unconfirmed_windows = 0
-
-    def _check_batch(self, batch: Window) -> tuple[int, dict[str, np.ndarray]]:
-        arrays = {name: np.asarray(getattr(batch, name)) for name in Window._fields}
-        num_envs = arrays["obs"].shape[0] if arrays["obs"].ndim else -1
-        for name, array in arrays.items():
-            shape, dtype = self._expected[name]
-            if array.shape != (num_envs, *shape):
-                raise ValueError(f"batch field {name!r}: shape {array.shape}, expected [E, ...] = (E, *{shape})")
-            if array.dtype != dtype:
-                raise ValueError(f"batch field {name!r}: dtype {array.dtype}, expected {dtype}")
-        return num_envs, arrays
 
     def write(self, batch: Window) -> None:
         """Write `batch` (fields ``[E, T, ...]``, provenance ``[E]``) as E windows into every table.
@@ -443,10 +426,11 @@ class WindowWriter:
         `flush_timeout_ms` (server gone, or a table's rate limiter blocking inserts because its learner is too
         far behind); the unconfirmed items stay queued and are still delivered if the server recovers.
         """
-        num_envs, arrays = self._check_batch(batch)
+        batch = Window(*(np.asarray(field) for field in batch))  # device arrays copied to host once
+        num_envs = self._window_spec.validate(batch, batched=True)
         deadline = time.monotonic() + self._flush_timeout_ms / 1000.0
         self._unconfirmed_windows += num_envs
-        packed = self._window_spec.pack(Window(**arrays))
+        packed = self._window_spec.pack(batch)
         for env in range(num_envs):
             (ref,) = self._writer.Append([packed[env]])
             step = [[ref]]
@@ -584,13 +568,14 @@ class ParamStore:
         if params_table(role) not in self._tables or params_version_table(role) not in self._tables:
             raise ValueError(f"replay server {self._address} has no params tables for role {role!r}")
 
-    def publish(self, role: str, params: Any, version: int, fingerprint: str, timeout_s: float = 60.0,
-                meta: Mapping[str, Any] | None = None) -> None:
+    def publish(self, role: str, params: Any, version: int, fingerprint: str, meta: Mapping[str, Any],
+                timeout_s: float) -> None:
         """Make `params` (any pytree of arrays) the newest params of `role`, evicting the previous version.
-        `meta` (JSON types only, e.g. env steps and a final flag) travels with them; see `latest_with_meta`."""
+        `meta` (JSON types only, e.g. env steps and a final flag; TypeError otherwise, before anything is sent)
+        travels with them. `ReplayTimeout` when the server does not confirm within `timeout_s`."""
         self._require_role(role)
         description, parts = params_lib.pack(params, self._max_part_bytes)
-        meta_json = json.dumps(dict(meta or {}), sort_keys=True, allow_nan=False)
+        meta_json = json.dumps(dict(meta), sort_keys=True, allow_nan=False)
         columns = [
             np.asarray(version, dtype=np.int64),
             np.frombuffer(fingerprint.encode("utf-8"), dtype=np.uint8),
@@ -622,40 +607,27 @@ class ParamStore:
             lambda: next(iter(self._client.sample(table, num_samples=1, emit_timesteps=False))).data)
         return _await(future, timeout_s, f"reading {table!r}")
 
-    def latest_version(self, role: str, timeout_s: float) -> tuple[int, str]:
-        """``(version, fingerprint)`` of the newest params of `role`; `ReplayTimeout` if none within `timeout_s`."""
-        version, fingerprint, _ = self.latest_version_meta(role, timeout_s)
-        return version, fingerprint
-
-    def latest_version_meta(self, role: str, timeout_s: float) -> tuple[int, str, dict[str, Any]]:
-        """``(version, fingerprint, meta)`` of the newest params of `role`, without fetching the params."""
+    def latest_version(self, role: str, timeout_s: float) -> Versioned:
+        """Version, fingerprint and meta of the newest params of `role` without the params (``params=None``).
+        `ReplayTimeout` when none are published within `timeout_s`."""
         self._require_role(role)
         version, fingerprint_bytes, *rest = self._sample_one(params_version_table(role), timeout_s)
         # Items restored from a checkpoint written before the meta column was added to this table have no meta.
         meta = json.loads(bytes(rest[0]).decode("utf-8")) if rest else {}
-        return int(version), bytes(fingerprint_bytes).decode("utf-8"), meta
+        return Versioned(params=None, version=int(version), fingerprint=bytes(fingerprint_bytes).decode("utf-8"),
+                         meta=meta)
 
-    def latest(self, role: str, expected_fingerprint: str, template: Any, timeout_s: float) -> tuple[int, Any]:
-        """``(version, params)``: the newest params of `role`, rebuilt into the structure of `template`.
+    def latest(self, role: str, template: Any, expected_fingerprint: str, timeout_s: float) -> Versioned:
+        """The newest params of `role`, rebuilt into the structure of `template`, with their version and meta.
 
         Raises `FingerprintMismatch` when they come from another network config than `expected_fingerprint`,
         ValueError when leaves differ from the template, `ReplayTimeout` when nothing arrives within `timeout_s`.
         Leaves come back as numpy arrays; put them on a device at the caller's jit boundary.
         """
-        version, params, _ = self.latest_with_meta(role, expected_fingerprint, template, timeout_s)
-        return version, params
-
-    def latest_with_meta(
-        self, role: str, expected_fingerprint: str, template: Any, timeout_s: float
-    ) -> tuple[int, Any, dict[str, Any]]:
-        """Like `latest`, plus the `meta` mapping given to `publish`."""
         self._require_role(role)
         version, fingerprint_bytes, meta_bytes, description, *parts = self._sample_one(params_table(role), timeout_s)
         got = bytes(fingerprint_bytes).decode("utf-8")
-        if got != expected_fingerprint:
-            raise params_lib.FingerprintMismatch(
-                f"params of {role!r} (version {int(version)}) have fingerprint {got!r}, "
-                f"expected {expected_fingerprint!r}: the publisher runs another network config")
+        params_lib.check_fingerprint(got, expected_fingerprint, f"params of {role!r} (version {int(version)})")
         leaves = params_lib.unpack(bytes(description).decode("utf-8"), parts)
-        meta = json.loads(bytes(meta_bytes).decode("utf-8"))
-        return int(version), params_lib.unflatten_like(template, leaves), meta
+        return Versioned(params=params_lib.unflatten_like(template, leaves), version=int(version), fingerprint=got,
+                         meta=json.loads(bytes(meta_bytes).decode("utf-8")))

@@ -47,8 +47,8 @@ def window_by_env_steps(batch: Window) -> dict[int, int]:
 # ------------------------------------------------------------------------------------------------- pure parts
 
 
-def test_importing_schema_and_params_loads_neither_reverb_nor_tensorflow() -> None:
-    code = ("import sys, replay.schema, replay.params; "
+def test_importing_schema_params_and_protocols_loads_neither_reverb_nor_tensorflow() -> None:
+    code = ("import sys, replay.schema, replay.params, replay.protocols; "
             "print(sorted(m for m in ('reverb', 'tensorflow', 'jax') if m in sys.modules))")
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True,
                             timeout=60, env={"PYTHONPATH": str(REPO_ROOT), "PATH": "/usr/bin:/bin"})
@@ -211,38 +211,41 @@ def test_params_publish_latest_version_and_fingerprint_refusal(replay_server: Se
     assert len(params_lib.pack(template, max_part_bytes=100)[1]) == 8
     for version in (1, 2):
         store.publish("collector", _network_params(seed=version), version=version, fingerprint=fingerprint,
-                      meta={"env_steps": 100 * version, "final": version == 2})
-    store.publish("learner_d4", _network_params(seed=9), version=5, fingerprint=other)
+                      meta={"env_steps": 100 * version, "final": version == 2}, timeout_s=10)
+    store.publish("learner_d4", _network_params(seed=9), version=5, fingerprint=other, meta={}, timeout_s=10)
 
-    assert store.latest_version("collector", timeout_s=5) == (2, fingerprint)
-    version, params = store.latest("collector", fingerprint, template, timeout_s=5)
-    assert version == 2
+    polled = store.latest_version("collector", timeout_s=5)
+    assert (polled.params, polled.version, polled.fingerprint) == (None, 2, fingerprint)
+    latest = store.latest("collector", template, fingerprint, timeout_s=5)
+    assert (latest.version, latest.fingerprint) == (2, fingerprint)
+    params = latest.params
     expected = _network_params(seed=2)
     np.testing.assert_array_equal(params["actor"]["Dense_0"]["kernel"], expected["actor"]["Dense_0"]["kernel"])
     np.testing.assert_array_equal(params["critic"][1], expected["critic"][1])
     assert params["actor"]["log_std_scale"] == np.float32(2) and isinstance(params["critic"], list)
-    version, _, meta = store.latest_with_meta("collector", fingerprint, template, timeout_s=5)
-    assert (version, meta) == (2, {"env_steps": 200, "final": True})
-    assert store.latest_with_meta("learner_d4", other, template, timeout_s=5)[2] == {}  # published without meta
+    assert latest.meta == polled.meta == {"env_steps": 200, "final": True}
+    assert store.latest("learner_d4", template, other, timeout_s=5).meta == {}  # published with an empty meta
     with pytest.raises(TypeError):  # refused before anything is sent
-        store.publish("collector", template, version=3, fingerprint=fingerprint, meta={"bad": np.zeros(1)})
+        store.publish("collector", template, version=3, fingerprint=fingerprint, meta={"bad": np.zeros(1)},
+                      timeout_s=10)
     metrics = rb.replay_metrics(replay_server.address, timeout_s=5)
     assert metrics["replay/params/collector/size"] == 1  # version 1 was evicted, not kept
-    assert store.latest_version("collector", timeout_s=5) == (2, fingerprint)
+    polled = store.latest_version("collector", timeout_s=5)
+    assert (polled.version, polled.fingerprint) == (2, fingerprint)
 
     with pytest.raises(params_lib.FingerprintMismatch):
-        store.latest("learner_d4", fingerprint, template, timeout_s=5)
+        store.latest("learner_d4", template, fingerprint, timeout_s=5)
     wrong_template = _network_params(seed=0)
     wrong_template["critic"][0] = np.zeros((16, 5), np.float32)
     with pytest.raises(ValueError, match="shape"):
-        store.latest("learner_d4", other, wrong_template, timeout_s=5)
+        store.latest("learner_d4", wrong_template, other, timeout_s=5)
 
 
 def test_params_latest_times_out_when_nothing_was_published(replay_server: ServerProcess) -> None:
     store = rb.ParamStore(replay_server.address, connect_timeout_s=10)
     start = time.monotonic()
     with pytest.raises(rb.ReplayTimeout):
-        store.latest("never_published", "0" * 16, _network_params(0), timeout_s=0.5)
+        store.latest("never_published", _network_params(0), "0" * 16, timeout_s=0.5)
     assert time.monotonic() - start < 1.0
     with pytest.raises(ValueError, match="no params tables"):
         store.latest_version("unknown_role", timeout_s=0.5)
@@ -336,3 +339,4 @@ def test_checkpoint_on_sigterm_and_restart_restores_items(launch_server: LaunchS
     for column in range(24):
         source = by_steps[int(sample.env_steps[column])]
         np.testing.assert_array_equal(sample.obs[:, column], batch.obs[source])
+
