@@ -8,17 +8,21 @@ Columns of the frame (`load`):
 
 - ``run`` (run dir path relative to the loaded root, or its name when the root is the run), ``env``, ``seed``,
   ``run_kind`` ("run": decoupled, "train": single process);
-- ``collector_depth``: depth of the network whose policy collected the data (``runtime.collector_depth``; a train
-  run's ``agent.critic_depth``);
-- ``role`` (as logged), ``kind`` (collector / learner / eval / actor / replay / other), ``learner`` (the learner a
-  row is about: "collector" or "learner_d{D}"; an eval row names the learner it evaluates; None for actors/replay),
-  ``learner_depth`` (depth of that learner; None for actors/replay);
+- ``collector_depth``: critic depth of the learner whose policy collected the data (the one with ``collects``);
+- ``role`` (as logged), ``kind`` (collector / learner / eval / actor / replay / other), ``learner`` (the name of the
+  learner a row is about, e.g. "collector" or "learner_d4"; an eval row names the learner it evaluates; None for
+  actors/replay), ``learner_depth`` (that learner's critic depth; None for actors/replay);
 - ``env_steps``, ``grad_steps``, ``param_version``, ``wall_time`` (seconds since the role started);
 - one column per metric, named without its ``"{role}/"`` prefix (``time_at_goal``, ``critic_loss``, ...). A metric
   a role does not log is NaN there.
 
-In a train run the single learner is also the collector (its policy acts), so its rows get kind "collector" and
-learner "collector", and its "evaluator" rows evaluate "collector".
+Every run's learners are one list (`learners_of`, read from config.json once): name, actor and critic depth, and
+whether its policy collects. A role named like a learner is that learner (kind "collector" when it collects, else
+"learner"); ``eval_<name>`` evaluates it. Depths are looked up in the list, never parsed out of a role name.
+config.json format 2 states the list; format 1 (written before it) is converted: a decoupled run's collector
+(``runtime.collector_depth``) and passive learners ``learner_d{D}`` for each D of ``runtime.learner_depths``; a train
+run's single learner "collector" (``agent.actor_depth`` / ``agent.critic_depth``), whose format-1 roles "learner" and
+"evaluator" stand for "collector" and "eval_collector". See analysis/README.md for both formats.
 
 Damaged input does not stop loading: a JSONL line that is not a JSON object (a line cut short by a crash) is skipped,
 an unreadable config.json skips its run, and each such problem is returned as a message (and sent to
@@ -30,15 +34,15 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import re
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
 
-__all__ = ["LoadResult", "RunInfo", "find_run_dirs", "load", "read_jsonl_tolerant", "role_info"]
+__all__ = ["Learner", "LoadResult", "RunInfo", "find_run_dirs", "learners_of", "load", "parse_config",
+           "read_jsonl_tolerant", "role_info"]
 
 CONFIG_FILE = "config.json"
 METRICS_DIR = "metrics"
@@ -46,8 +50,25 @@ STEP_COLUMNS = ("env_steps", "grad_steps", "param_version", "wall_time")
 ID_COLUMNS = ("run", "env", "seed", "run_kind", "collector_depth", "role", "kind", "learner", "learner_depth")
 _RESERVED = frozenset(ID_COLUMNS + STEP_COLUMNS)
 COLLECTOR = "collector"
-_LEARNER_RE = re.compile(r"^learner_d(\d+)$")
-_EVAL_LEARNER_RE = re.compile(r"^eval_learner_d(\d+)$")
+"""Name of the learner whose policy collects the data, in both config formats (tables and figures pick its rows by
+it)."""
+EVAL_PREFIX = "eval_"
+FORMAT1_TRAIN_ROLES = {"learner": COLLECTOR, "evaluator": EVAL_PREFIX + COLLECTOR}
+"""Format-1 train runs logged their one learner as "learner" and its evaluator as "evaluator"."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Learner:
+    """One learner of a run, as config.json states it (format 2) or as `learners_of` derives it (format 1)."""
+
+    name: str
+    """Its role name: its metrics are logged as role ``name``, its evaluations as ``eval_<name>``."""
+    actor_depth: int | None
+    """Residual blocks of its actor (None when the config does not say)."""
+    critic_depth: int | None
+    """Residual blocks of its critic: the ``learner_depth`` of its rows (None when the config does not say)."""
+    collects: bool
+    """Whether its policy collects the data (exactly one learner of a run does)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,12 +85,31 @@ class RunInfo:
     """Env name (config.env.env)."""
     seed: int | None
     """Root seed (config.run.seed)."""
-    collector_depth: int | None
-    """Depth of the network whose policy collected the data."""
-    learner_depths: tuple[int, ...]
-    """Depths of the passive learners (empty for train runs)."""
+    learners: tuple[Learner, ...]
+    """Every learner of the run (`learners_of`), the collecting one first."""
     config: dict[str, Any]
     """The whole config.json payload, for the report."""
+    role_aliases: dict[str, str] = dataclasses.field(default_factory=dict)
+    """Logged role -> the role it stands for (format-1 train runs' "learner" / "evaluator"; empty otherwise)."""
+
+    @property
+    def collector(self) -> Learner:
+        """The learner whose policy collects."""
+        return next(learner for learner in self.learners if learner.collects)
+
+    @property
+    def collector_depth(self) -> int | None:
+        """Critic depth of the learner whose policy collected the data."""
+        return self.collector.critic_depth
+
+    @property
+    def learner_depths(self) -> tuple[int, ...]:
+        """Critic depths of the passive learners, in config order (empty for train runs)."""
+        return tuple(x.critic_depth for x in self.learners if not x.collects and x.critic_depth is not None)
+
+    def role_info(self, role: str) -> tuple[str, str | None, int | None]:
+        """(kind, learner, learner_depth) of a role this run logged; see `role_info`."""
+        return role_info(self.role_aliases.get(role, role), self.learners)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,16 +124,17 @@ class LoadResult:
     """One message per damaged file or skipped run (also sent to warnings.warn)."""
 
 
-def role_info(role: str, run_kind: str, collector_depth: int | None) -> tuple[str, str | None, int | None]:
-    """(kind, learner, learner_depth) of a logged role; see the module docstring."""
-    if role == COLLECTOR or (run_kind == "train" and role == "learner"):
-        return "collector", COLLECTOR, collector_depth
-    if role == "eval_collector" or (run_kind == "train" and role == "evaluator"):
-        return "eval", COLLECTOR, collector_depth
-    if m := _LEARNER_RE.match(role):
-        return "learner", role, int(m.group(1))
-    if m := _EVAL_LEARNER_RE.match(role):
-        return "eval", role.removeprefix("eval_"), int(m.group(1))
+def role_info(role: str, learners: Sequence[Learner]) -> tuple[str, str | None, int | None]:
+    """(kind, learner, learner_depth) of a role of a run with `learners`: a learner's own role is kind "collector"
+    (its policy collects) or "learner"; ``eval_<name>`` is kind "eval" of learner <name>; then actor / replay /
+    other. The depth is the learner's critic depth from the list."""
+    by_name = {learner.name: learner for learner in learners}
+    if role in by_name:
+        learner = by_name[role]
+        return ("collector" if learner.collects else "learner"), learner.name, learner.critic_depth
+    if role.startswith(EVAL_PREFIX) and role.removeprefix(EVAL_PREFIX) in by_name:
+        learner = by_name[role.removeprefix(EVAL_PREFIX)]
+        return "eval", learner.name, learner.critic_depth
     if role.startswith("actor"):
         return "actor", None, None
     if role == "replay":
@@ -150,29 +191,63 @@ def _as_int(value: Any) -> int | None:
         return None
 
 
+def learners_of(payload: dict[str, Any]) -> tuple[Learner, ...]:
+    """The learners of a run from its config.json payload, the collecting one first; the one place that knows both
+    formats (see the module docstring). Raises ValueError saying what is wrong with the payload."""
+    version = payload.get("format_version", 1)
+    config = payload["config"]
+    if version == 1:
+        if payload.get("kind") == "run":
+            runtime = config.get("runtime") or {}
+            depth = _as_int(runtime.get("collector_depth"))
+            passive = [d for d in (_as_int(x) for x in runtime.get("learner_depths") or ()) if d is not None]
+            return (Learner(COLLECTOR, depth, depth, collects=True),
+                    *(Learner(f"learner_d{d}", d, d, collects=False) for d in passive))
+        agent = config.get("agent") or {}
+        return (Learner(COLLECTOR, _as_int(agent.get("actor_depth")), _as_int(agent.get("critic_depth")),
+                        collects=True),)
+    if version != 2:
+        raise ValueError(f"unknown format_version {version!r} (this analysis reads 1 and 2)")
+    entries = payload.get("learners")
+    if not isinstance(entries, list) or not all(isinstance(e, dict) and isinstance(e.get("name"), str)
+                                                for e in entries):
+        raise ValueError("format 2 needs 'learners': a list of objects with a 'name'")
+    learners = [Learner(e["name"], _as_int(e.get("actor_depth")), _as_int(e.get("critic_depth")),
+                        collects=e.get("collects") is True) for e in entries]
+    names = [learner.name for learner in learners]
+    collecting = [learner.name for learner in learners if learner.collects]
+    if len(set(names)) != len(names):
+        raise ValueError(f"learner names repeat: {names}")
+    if collecting != [COLLECTOR]:
+        raise ValueError(f"exactly one learner must collect, named {COLLECTOR!r}; collecting: {collecting}")
+    return tuple(sorted(learners, key=lambda learner: not learner.collects))
+
+
+def parse_config(payload: Any, name: str, run_dir: Path) -> RunInfo:
+    """The `RunInfo` of a config.json payload; raises ValueError saying what is wrong with it."""
+    if not isinstance(payload, dict) or not isinstance(payload.get("config"), dict):
+        raise ValueError("no 'config' object")
+    config = payload["config"]
+    run_kind = str(payload.get("kind", "unknown"))
+    format1_train = payload.get("format_version", 1) == 1 and run_kind == "train"
+    return RunInfo(
+        name=name, path=run_dir, run_kind=run_kind, env=(config.get("env") or {}).get("env"),
+        seed=_as_int((config.get("run") or {}).get("seed")), learners=learners_of(payload), config=payload,
+        role_aliases=dict(FORMAT1_TRAIN_ROLES) if format1_train else {},
+    )
+
+
 def _run_info(run_dir: Path, name: str) -> RunInfo:
-    """Parse config.json; raises ValueError with a message naming the file."""
+    """Read and parse config.json; raises ValueError with a message naming the file."""
     path = run_dir / CONFIG_FILE
     try:
         payload = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ValueError(f"{path}: cannot read the run config ({e}); run skipped") from None
-    if not isinstance(payload, dict) or not isinstance(payload.get("config"), dict):
-        raise ValueError(f"{path}: no 'config' object; run skipped")
-    config = payload["config"]
-    run_kind = str(payload.get("kind", "unknown"))
-    runtime = config.get("runtime") or {}
-    if runtime:
-        collector_depth = _as_int(runtime.get("collector_depth"))
-        learner_depths = tuple(d for d in (_as_int(x) for x in runtime.get("learner_depths") or ()) if d is not None)
-    else:
-        collector_depth = _as_int((config.get("agent") or {}).get("critic_depth"))
-        learner_depths = ()
-    return RunInfo(
-        name=name, path=run_dir, run_kind=run_kind, env=(config.get("env") or {}).get("env"),
-        seed=_as_int((config.get("run") or {}).get("seed")), collector_depth=collector_depth,
-        learner_depths=learner_depths, config=payload,
-    )
+    try:
+        return parse_config(payload, name, run_dir)
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}; run skipped") from None
 
 
 def _run_frame(info: RunInfo, problems: list[str]) -> pd.DataFrame:
@@ -187,7 +262,7 @@ def _run_frame(info: RunInfo, problems: list[str]) -> pd.DataFrame:
             problems.append(_describe_skipped(path, len(rows), skipped))
         for row in rows:
             role = str(row.get("role", path.stem))
-            kind, learner, learner_depth = role_info(role, info.run_kind, info.collector_depth)
+            kind, learner, learner_depth = info.role_info(role)
             record: dict[str, Any] = {
                 "run": info.name, "env": info.env, "seed": info.seed, "run_kind": info.run_kind,
                 "collector_depth": info.collector_depth, "role": role, "kind": kind, "learner": learner,

@@ -4,10 +4,10 @@ Per run and eval role, the *final* value of a metric is its mean over the last `
 Per (env, collector depth, learner) the final values of the seeds are averaged; the standard error is the sample
 standard deviation (ddof=1) / sqrt(n), undefined (NaN, printed "n/a") for a single seed. Columns of `ablation_table`:
 
-``env, collector_depth, learner ("collector" = the collector's own eval, "learner_d{D}" = a passive learner),
-learner_depth, n_seeds, {metric}_mean, {metric}_se`` for each metric in `FINAL_METRICS`, and, when coverage was
-measured, ``coverage_fraction_mean/_se, coverage_entropy_mean/_se`` of the collector depth (the same on every row
-of that depth: exploration belongs to the collector, not to a learner).
+``env, collector_depth, learner ("collector" = the collector's own eval, else a passive learner's name, e.g.
+"learner_d4"), learner_depth, n_seeds, {metric}_mean, {metric}_se`` for each metric in `FINAL_METRICS`, and, when
+coverage was measured, ``coverage_fraction_mean/_se, coverage_entropy_mean/_se`` of the collector depth (the same on
+every row of that depth: exploration belongs to the collector, not to a learner).
 
 Rendering (`ablation_matrix`, `to_markdown`, `to_latex`) lays one metric out as a matrix: a row per collector depth,
 a column for the collector's own eval then one per passive learner depth, then the coverage columns.

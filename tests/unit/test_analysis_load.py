@@ -18,7 +18,7 @@ import pytest
 
 from actors.coverage import CoverageGrid, coverage_path
 from actors.envs.mazes import get_layout
-from analysis.load import find_run_dirs, load, read_jsonl_tolerant, role_info
+from analysis.load import Learner, find_run_dirs, learners_of, load, parse_config, read_jsonl_tolerant
 from experiments.metrics import JsonlLogger
 
 EVAL_ENV_STEPS = (0, 1000, 2000, 3000, 4000, 5000, 6000)
@@ -31,7 +31,9 @@ def eval_series(v: float, s: float) -> list[tuple[int, float, float]]:
     return list(zip(EVAL_ENV_STEPS, tags, succ))
 
 
-def _config(run_dir: Path, kind: str, env: str, seed: int, collector_depth: int, learner_depths) -> dict:
+def _config(run_dir: Path, kind: str, env: str, seed: int, collector_depth: int, learner_depths,
+            format_version: int = 1, learners: list[dict] | None = None) -> dict:
+    """A config.json payload. Format 2 states the learners (`learners`, or the ones format 1 implies by default)."""
     config = {
         "env": {"env": env, "episode_length": None},
         "agent": {"actor_depth": 4, "critic_depth": collector_depth if kind == "train" else 4, "width": 32},
@@ -41,30 +43,46 @@ def _config(run_dir: Path, kind: str, env: str, seed: int, collector_depth: int,
     }
     if kind == "run":
         config["runtime"] = {"collector_depth": collector_depth, "learner_depths": list(learner_depths), "actors": 2}
-    return {"format_version": 1, "kind": kind, "config": config, "git_revision": "abc123", "created": "2026-01-01"}
+    payload = {"format_version": format_version, "kind": kind, "config": config}
+    if format_version == 2:
+        if learners is None:
+            actor_depth = collector_depth if kind == "run" else config["agent"]["actor_depth"]
+            learners = [{"name": "collector", "actor_depth": actor_depth, "critic_depth": collector_depth,
+                         "collects": True}]
+            if kind == "run":
+                learners += [{"name": f"learner_d{d}", "actor_depth": d, "critic_depth": d, "collects": False}
+                             for d in learner_depths]
+        payload["learners"] = learners
+    return payload | {"git_revision": "abc123", "packages": {"jax": "0.7.1"}, "created": "2026-01-01"}
 
 
 def write_run(run_dir: Path, *, collector_depth: int, seed: int, learner_depths=(4, 16),
               finals: dict[str, tuple[float, float]] | None = None, env: str = "point_u_maze", kind: str = "run",
-              coverage_xy: list | None = None) -> Path:
+              coverage_xy: list | None = None, format_version: int = 1, learners: list[dict] | None = None) -> Path:
     """A synthetic run directory. `finals` maps a learner ("collector", "learner_d4", ...) to the (time_at_goal,
     success_any) its eval role should end on (see `eval_series`); default (10, 0.5) for each. Decoupled runs
-    (kind "run") get collector, learner_d{D}, eval_*, two actors and a replay role; train runs get learner and
-    evaluator. `coverage_xy`, when given, is split over the two actors' coverage files (u_maze, s = 2, k = 2)."""
+    (kind "run") get collector, learner_d{D}, eval_*, two actors and a replay role; format-1 train runs get learner
+    and evaluator, format-2 ones collector and eval_collector. `learners` (format 2 only) replaces the learner list
+    of config.json, and the roles logged follow its names. `coverage_xy`, when given, is split over the two actors'
+    coverage files (u_maze, s = 2, k = 2)."""
     run_dir.mkdir(parents=True)
-    (run_dir / "config.json").write_text(
-        json.dumps(_config(run_dir, kind, env, seed, collector_depth, learner_depths), indent=2))
-    learners = ["collector"] + [f"learner_d{d}" for d in learner_depths] if kind == "run" else ["collector"]
+    payload = _config(run_dir, kind, env, seed, collector_depth, learner_depths, format_version, learners)
+    (run_dir / "config.json").write_text(json.dumps(payload, indent=2))
+    if format_version == 2:
+        learners = [entry["name"] for entry in payload["learners"]]
+    else:
+        learners = ["collector"] + [f"learner_d{d}" for d in learner_depths] if kind == "run" else ["collector"]
+    format1_train = kind == "train" and format_version == 1
     finals = finals or {}
     metrics = run_dir / "metrics"
     for learner in learners:
-        role = learner if kind == "run" else "learner"
+        role = "learner" if format1_train else learner
         log = JsonlLogger(metrics / f"{role}.jsonl", role, start_time=0.0)
         for i in range(1, 4):
             log.log({"critic_loss": 5.0 - i, "policy_lag": 10.0 * i, "update_to_data": 0.01 * i},
                     env_steps=2000 * i, grad_steps=100 * i, param_version=100 * i, wall_time=10.0 * i)
         log.close()
-        eval_role = f"eval_{learner}" if kind == "run" else "evaluator"
+        eval_role = "evaluator" if format1_train else f"eval_{learner}"
         log = JsonlLogger(metrics / f"{eval_role}.jsonl", eval_role, start_time=0.0)
         v, s = finals.get(learner, (10.0, 0.5))
         for n, (steps, tag, succ) in enumerate(eval_series(v, s)):
@@ -163,7 +181,93 @@ def test_a_train_run_maps_learner_to_collector_at_critic_depth(tmp_path):
     ("evaluator", "train", ("eval", "collector", 8)),
 ])
 def test_role_info(role, run_kind, expected):
-    assert role_info(role, run_kind, 8) == expected
+    # A format-1 payload: the collector at depth 8 (a train run's agent.critic_depth), one passive learner at 64.
+    info = parse_config(_config(Path("r"), run_kind, "point_u_maze", 0, 8, (64,)), "r", Path("r"))
+    assert info.role_info(role) == expected
+
+
+# --- config.json format 2: the learners stated ---------------------------------------------------------------------
+
+def test_learners_of_converts_format_1_and_reads_format_2():
+    run1 = _config(Path("r"), "run", "point_u_maze", 0, 16, (4, 64))
+    assert learners_of(run1) == (Learner("collector", 16, 16, True), Learner("learner_d4", 4, 4, False),
+                                 Learner("learner_d64", 64, 64, False))
+    train1 = _config(Path("t"), "train", "point_u_maze", 0, 8, ())
+    assert learners_of(train1) == (Learner("collector", 4, 8, True),)  # agent.actor_depth 4, critic_depth 8
+    # Format 2 says the same in its list; the collecting learner comes first wherever the list puts it.
+    run2 = _config(Path("r"), "run", "point_u_maze", 0, 16, (4, 64), format_version=2)
+    run2["learners"] = run2["learners"][1:] + run2["learners"][:1]
+    assert learners_of(run2) == learners_of(run1)
+    assert learners_of(_config(Path("t"), "train", "point_u_maze", 0, 8, (), format_version=2)) == learners_of(train1)
+
+
+def test_a_format_2_decoupled_run_loads_like_its_format_1_twin(tmp_path):
+    write_run(tmp_path / "v1", collector_depth=16, seed=3, learner_depths=(4, 16), format_version=1)
+    write_run(tmp_path / "v2", collector_depth=16, seed=3, learner_depths=(4, 16), format_version=2)
+    v1, v2 = _quiet_load(tmp_path / "v1"), _quiet_load(tmp_path / "v2")
+    assert v2.problems == [] and v2.runs[0].collector_depth == 16 and v2.runs[0].learner_depths == (4, 16)
+    pd.testing.assert_frame_equal(v1.frame.drop(columns="run"), v2.frame.drop(columns="run"))
+    roles = v2.frame.drop_duplicates("role").set_index("role")
+    assert roles.loc["learner_d4", ["kind", "learner", "learner_depth"]].tolist() == ["learner", "learner_d4", 4]
+    assert roles.loc["eval_collector", ["kind", "learner", "learner_depth"]].tolist() == ["eval", "collector", 16]
+
+
+def test_a_format_2_train_run_logs_collector_and_eval_collector(tmp_path):
+    write_run(tmp_path / "v1", collector_depth=8, seed=1, kind="train", format_version=1)
+    write_run(tmp_path / "v2", collector_depth=8, seed=1, kind="train", format_version=2)
+    v1, v2 = _quiet_load(tmp_path / "v1").frame, _quiet_load(tmp_path / "v2").frame
+    assert set(v2["role"]) == {"collector", "eval_collector"}
+    assert set(v2.loc[v2["role"] == "collector", "kind"]) == {"collector"}
+    assert set(v2.loc[v2["role"] == "eval_collector", "kind"]) == {"eval"}
+    assert set(v2["learner"]) == {"collector"} and set(v2["run_kind"]) == {"train"}
+    assert set(v2["collector_depth"]) == {8} and set(v2["learner_depth"]) == {8}  # critic depth; the actor's is 4
+    # The same rows as the format-1 run, whose roles were named "learner" and "evaluator" (so sorted differently).
+    def rows(frame):
+        return frame.drop(columns=["run", "role"]).sort_values(["kind", "env_steps"]).reset_index(drop=True)
+
+    pd.testing.assert_frame_equal(rows(v1), rows(v2))
+
+
+def test_format_2_depths_come_from_the_learner_list_never_from_a_role_name(tmp_path):
+    learners = [
+        {"name": "shallow", "actor_depth": 2, "critic_depth": 4, "collects": False},
+        {"name": "collector", "actor_depth": 16, "critic_depth": 12, "collects": True},
+        {"name": "learner_d64", "actor_depth": 8, "critic_depth": 8, "collects": False},  # the name says 64: ignored
+    ]
+    write_run(tmp_path / "r", collector_depth=12, seed=0, format_version=2, learners=learners)
+    result = _quiet_load(tmp_path / "r")
+    (info,) = result.runs
+    assert info.collector_depth == 12 and info.learner_depths == (4, 8)
+    roles = result.frame.drop_duplicates("role").set_index("role")
+    expected = {  # role: (kind, learner, learner_depth)
+        "collector": ("collector", "collector", 12), "eval_collector": ("eval", "collector", 12),
+        "shallow": ("learner", "shallow", 4), "eval_shallow": ("eval", "shallow", 4),
+        "learner_d64": ("learner", "learner_d64", 8), "eval_learner_d64": ("eval", "learner_d64", 8),
+    }
+    for role, values in expected.items():
+        assert tuple(roles.loc[role, ["kind", "learner", "learner_depth"]]) == values, role
+    assert set(result.frame["collector_depth"]) == {12}
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"format_version": 3}, "unknown format_version 3"),
+    ({"learners": None}, "'learners'"),
+    ({"learners": [{"name": "collector", "critic_depth": 4, "collects": True}, {"critic_depth": 4}]}, "'learners'"),
+    ({"learners": [{"name": "collector", "critic_depth": 4, "collects": True},
+                   {"name": "collector", "critic_depth": 8, "collects": False}]}, "names repeat"),
+    ({"learners": [{"name": "collector", "critic_depth": 4, "collects": False}]}, "exactly one learner must collect"),
+    ({"learners": [{"name": "a", "critic_depth": 4, "collects": True},
+                   {"name": "collector", "critic_depth": 4, "collects": True}]}, "exactly one learner must collect"),
+])
+def test_a_format_2_config_without_a_usable_learner_list_skips_that_run(tmp_path, change, message):
+    write_run(tmp_path / "runs" / "good", collector_depth=4, seed=0, format_version=2)
+    bad = write_run(tmp_path / "runs" / "bad", collector_depth=4, seed=1, format_version=2)
+    payload = json.loads((bad / "config.json").read_text()) | change
+    (bad / "config.json").write_text(json.dumps(payload))
+    with pytest.warns(UserWarning, match="bad/config.json") as caught:
+        result = load(tmp_path)
+    assert message in str(caught[0].message) and "run skipped" in str(caught[0].message)
+    assert [r.name for r in result.runs] == ["runs/good"]
 
 
 # --- grids ------------------------------------------------------------------------------------------------------------
