@@ -135,6 +135,10 @@ def cmd_run(argv: list[str]) -> int:
     from learners.networks import ConfigError
 
     argv = _split_commas(argv, ("--learner-depths",))
+    per_learner = [arg for arg in argv if arg.split("=")[0] in ("--actor-depth", "--critic-depth")]
+    if per_learner:
+        return _fail(f"{per_learner[0].split('=')[0]}: actor_depth/critic_depth are set per role in a run: use "
+                     "--collector-depth and --learner-depths")
     config = tyro.cli(DecoupledConfig, args=argv, prog="depthrl run", config=(tyro.conf.OmitArgPrefixes,))
     run = config.run
     try:

@@ -33,6 +33,7 @@ import pytest
 import experiments.cli as cli
 from experiments.config import DecoupledConfig, EnvConfig, EvalConfig, RunConfig, RuntimeConfig, ScheduleConfig
 from learners.crl import CRLConfig
+from learners.networks import NetworkShape
 
 # A small valid `depthrl run` command line; every case adds or overrides one thing.
 BASE = ["--env", "point_u_maze", "--num-envs", "16", "--batch-size", "64", "--prefill-steps-per-env", "100",
@@ -45,7 +46,7 @@ BASE = ["--env", "point_u_maze", "--num-envs", "16", "--batch-size", "64", "--pr
 def _stopped_run_config(run_dir: Path) -> DecoupledConfig:
     return DecoupledConfig(
         env=EnvConfig(env="point_u_maze"),
-        agent=CRLConfig(width=32),
+        agent=CRLConfig(network=NetworkShape(width=32)),
         schedule=ScheduleConfig(num_envs=16, batch_size=64, prefill_steps_per_env=100, total_env_steps=48_000),
         eval=EvalConfig(num_eval_envs=8),
         run=RunConfig(run_dir=run_dir, quiet=True),
@@ -58,11 +59,9 @@ def stopped_run(tmp_path_factory) -> Path:
     """config.json, a learner checkpoint per learner at update 3 and a replay checkpoint: what a stopped run leaves."""
     import jax
 
-    from actors.envs.registry import make_env
-    from experiments.roles import learner_processes, tables_for, window_spec_for
+    from experiments.compose import RunParts, learner_processes, tables_for
     from experiments.runs import prepare_run_dir, write_config
-    from learners.crl import Dims, make_agent
-    from learners.process import _checkpoint_manager, _save
+    from learners.checkpoint import Checkpointer
     from replay import reverb_backend as rb
 
     run_dir = tmp_path_factory.mktemp("stopped") / "run"
@@ -70,16 +69,16 @@ def stopped_run(tmp_path_factory) -> Path:
     config.validate()
     prepare_run_dir(run_dir, overwrite=False)
     write_config(run_dir, "run", config)
-    env = make_env(config.env.env)
-    dims = Dims(env.spec.state_dim, env.spec.goal_dim, env.action_size)
+    parts = RunParts.for_run(config)
     for group in learner_processes(config):
-        agents = {name: make_agent(config.agent_config(name), dims) for name in group}
+        agents = {name: parts.agent(name) for name in group}
         states = {name: agent.init(jax.random.PRNGKey(i)) for i, (name, agent) in enumerate(agents.items())}
-        manager = _checkpoint_manager(run_dir / "checkpoints" / "+".join(group))
-        _save(manager, states, {"updates": 3, "env_steps_by_actor": {"0": 6400},
-                                "fingerprints": {name: agent.fingerprint() for name, agent in agents.items()}})
+        manager = Checkpointer(run_dir / "checkpoints" / "+".join(group), item="states")
+        manager.save(3, states, {"updates": 3, "env_steps_by_actor": {"0": 6400},
+                                 "fingerprints": {name: agent.fingerprint() for name, agent in agents.items()}})
         manager.close()
-    server = rb.start_server(tables_for(config), window_spec_for(config), None, str(run_dir / "replay_checkpoint"))
+    server = rb.start_server(tables_for(config, parts.plan), parts.window_spec, None,
+                             str(run_dir / "replay_checkpoint"))
     try:
         rb.wait_for_server(f"127.0.0.1:{server.port}", 30.0).checkpoint()
     finally:
@@ -282,7 +281,8 @@ CASES: list[tuple[str, list[str], Setup, list[str]]] = [
     ("resume_config_unknown_env", ["resume", R], edited(set_config("env", "env", "nope")),
      ["env: unknown env 'nope'", "point_u_maze"]),
     ("resume_config_port_in_use", ["resume", R], edited(set_port), [f"replay_port {P} is already in use"]),
-    ("resume_params_fingerprint_mismatch", ["resume", R], edited(set_config("agent", "width", 64)),
+    ("resume_params_fingerprint_mismatch", ["resume", R],
+     edited(lambda p, _: p["config"]["agent"]["network"].update(width=64)),
      ["checkpoints/collector/3", "fingerprint", "describes a network", "width"]),
     ("resume_orbax_metadata_damaged", ["resume", R], damaged("checkpoints/collector/3/states/_METADATA", half),
      ["checkpoint", "collector/3 is damaged", "states/_METADATA", "delete that step directory"]),
@@ -388,6 +388,28 @@ def test_untouched_stopped_run_passes_every_check(stopped_run, nothing_starts, t
     assert cli.main(["resume", str(run_dir)]) == 99
     assert cli.main(["actor", "--run-dir", str(run_dir), "--replay", "127.0.0.1:8000", "--actor-id", "0"]) == 99
     assert nothing_starts == ["launcher.supervise", "cli._run_role"]
+
+
+def test_format_1_run_dir_still_resumes(stopped_run, nothing_starts, tmp_path):
+    """A run directory written before config.json format 2 (network fields flat in `agent`, depths only in `runtime`,
+    actors' env steps only in their metrics) loads, resumes, and gets its actors' status from their metrics once."""
+    from experiments.compose import load_run_config
+    from replay.status import RunStatus
+
+    run_dir = copy_of_stopped(tmp_path, stopped_run, 0)
+    payload = json.loads((run_dir / "config.json").read_text())
+    agent = payload["config"]["agent"]
+    agent.update(agent.pop("network"), actor_depth=4, critic_depth=4)
+    payload.pop("learners")
+    payload["format_version"] = 1
+    (run_dir / "config.json").write_text(json.dumps(payload))
+    (run_dir / "metrics").mkdir(exist_ok=True)
+    (run_dir / "metrics" / "actor_0.jsonl").write_text('{"role": "actor_0", "env_steps": 6400}\n')
+    assert load_run_config(run_dir) == load_run_config(stopped_run)
+    assert cli.main(["resume", str(run_dir)]) == 99
+    assert nothing_starts == ["launcher.supervise"]
+    status = RunStatus(run_dir).get("actor_0")
+    assert status is not None and status.env_steps == 6400 and status.state == "stopped"
 
 
 def test_roles_started_by_hand_warn_about_the_exposed_port(stopped_run, nothing_starts, tmp_path, monkeypatch,

@@ -35,8 +35,8 @@ def test_point_u_maze_depth4_learns(run_cli, tmp_path):
     seconds = time.monotonic() - started
     assert code == 0, f"exit code {code}\n{stderr[-5000:]}"
 
-    evals = read_rows(run_dir / "metrics" / "evaluator.jsonl")
-    curve = [(r["env_steps"], r["evaluator/time_at_goal"]) for r in evals]
+    evals = read_rows(run_dir / "metrics" / "eval_collector.jsonl")
+    curve = [(r["env_steps"], r["eval_collector/time_at_goal"]) for r in evals]
     print(f"{seconds:.0f} s; time_at_goal by env step: {curve}")
     assert curve[0][0] == FIRST_EVAL_ENV_STEPS and curve[-1][0] == TOTAL_ENV_STEPS
     initial, final = curve[0][1], curve[-1][1]

@@ -66,8 +66,8 @@ def test_reacher_learns_far_above_the_random_policy(run_cli, tmp_path):
     assert code == 0, f"exit code {code}\n{stderr[-5000:]}"
 
     random_time_at_goal = _random_policy_time_at_goal(seed=1)
-    evals = read_rows(run_dir / "metrics" / "evaluator.jsonl")
-    curve = [(r["env_steps"], round(r["evaluator/time_at_goal"], 1)) for r in evals]
+    evals = read_rows(run_dir / "metrics" / "eval_collector.jsonl")
+    curve = [(r["env_steps"], round(r["eval_collector/time_at_goal"], 1)) for r in evals]
     print(f"train {seconds:.0f} s; random policy time_at_goal {random_time_at_goal:.1f}; curve {curve}")
     assert [steps for steps, _ in curve] == [64_000, 128_000, 192_000, 256_000]
     assert all(0.0 <= value <= EPISODE_STEPS for _, value in curve)

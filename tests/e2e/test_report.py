@@ -31,9 +31,9 @@ def test_report_of_a_real_train_run(run_cli, tiny_run, tmp_path):
     code, stdout, stderr = run_cli(["report", str(tiny_run), "--out", str(out)], timeout=180)
     assert code == 0, stderr[-3000:]
     assert "Traceback" not in stderr and "warning" not in stderr
-    evals = read_rows(tiny_run / "metrics" / "evaluator.jsonl")
+    evals = read_rows(tiny_run / "metrics" / "eval_collector.jsonl")
     assert [r["env_steps"] for r in evals] == [1920, 2240]
-    expected = sum(r["evaluator/time_at_goal"] for r in evals) / len(evals)
+    expected = sum(r["eval_collector/time_at_goal"] for r in evals) / len(evals)
     report = (out / "report.md").read_text()
     assert f"| 4 | {expected:.2f} ± n/a (n=1) |" in report
     assert f"| 4 | {expected:.2f} ± n/a (n=1) |" in stdout and f"report: {out / 'report.md'}" in stdout
@@ -45,10 +45,10 @@ def test_report_of_a_real_train_run(run_cli, tiny_run, tmp_path):
 def test_report_survives_a_truncated_metrics_line(run_cli, tiny_run, tmp_path):
     run_dir = tmp_path / "run"
     shutil.copytree(tiny_run, run_dir, ignore=shutil.ignore_patterns("checkpoints"))
-    path = run_dir / "metrics" / "learner.jsonl"
+    path = run_dir / "metrics" / "collector.jsonl"
     n_rows = len(path.read_text().splitlines())
     with open(path, "a") as f:
-        f.write('{"role": "learner", "wall_time": 99.0, "env_st')
+        f.write('{"role": "collector", "wall_time": 99.0, "env_st')
     code, _, stderr = run_cli(["report", str(run_dir)], timeout=180)
     assert code == 0, stderr[-3000:]
     assert f"{path}: read {n_rows} row(s), skipped 1 unreadable line(s)" in stderr

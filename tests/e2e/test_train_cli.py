@@ -45,10 +45,13 @@ def expected_grad_steps(env_steps: int) -> int:
 
 # (id, args, substrings expected on stderr, what the run dir holds beforehand: None | "files" | "fake_run")
 BAD_INPUT = [
-    ("critic_depth_6", ["--critic-depth", "6"], ["agent.critic_depth must be a positive multiple of 4", "got 6"], None),
-    ("actor_depth_10", ["--actor-depth", "10"], ["agent.actor_depth must be a positive multiple of 4", "got 10"], None),
+    ("critic_depth_6", ["--critic-depth", "6"], ["collector.critic_depth must be a positive multiple of 4", "got 6"], None),
+    ("actor_depth_10", ["--actor-depth", "10"], ["collector.actor_depth must be a positive multiple of 4", "got 10"], None),
     ("unknown_env", ["--env", "nope"], ["env: unknown env 'nope'", "known envs", "point_u_maze", "reacher"], None),
     ("unknown_eval_env", ["--eval-env", "nope"], ["eval_env: unknown env 'nope'", "point_u_maze_eval"], None),
+    # Tried as a new user would: before the cross-field check it created the run dir, then died in flax (exit 1).
+    ("eval_env_of_another_family", ["--eval-env", "ant"],
+     ["eval_env 'ant' cannot evaluate a policy trained on env 'point_u_maze'", "family 'ant'", "actions"], None),
     ("batch_larger_than_data", ["--batch-size", "100000"], ["batch_size (100000)", "data available"], None),
     ("num_envs_0", ["--num-envs", "0"], ["num_envs must be a positive integer, got 0"], None),
     ("unroll_length_negative", ["--unroll-length", "-1"], ["unroll_length must be a positive integer, got -1"], None),
@@ -61,6 +64,8 @@ BAD_INPUT = [
     ("resume_not_a_run_dir", ["--resume"], ["not a run directory", "config.json"], "files"),
     # On a real run dir: before the fix in cli.py, --overwrite was silently dropped and the run resumed.
     ("resume_and_overwrite", ["--resume", "--overwrite"], ["--resume and --overwrite exclude each other"], "fake_run"),
+    # A train run written before config.json format 2 named its learner 'learner': refused, with what to do.
+    ("resume_format_1_train_run", ["--resume"], ["format_version 1", "'collector'", "start a new run"], "fake_run"),
 ]
 
 
@@ -74,7 +79,7 @@ def test_bad_input_exits_2_names_the_field_and_writes_nothing(run_cli, tmp_path,
     if setup == "files":
         (run_dir / "metrics").mkdir(parents=True)
         (run_dir / "notes.txt").write_text("an earlier experiment\n")
-        (run_dir / "metrics" / "learner.jsonl").write_text('{"role": "learner", "env_steps": 7}\n')
+        (run_dir / "metrics" / "collector.jsonl").write_text('{"role": "learner", "env_steps": 7}\n')
     elif setup == "fake_run":
         run_dir.mkdir()
         # A valid run-dir record (every field at its default) that --resume would accept.
@@ -161,30 +166,31 @@ def _check_rows(rows: list[dict], role: str, required: tuple[str, ...]) -> None:
 
 def test_learner_rows(short_run):
     run_dir, _, _ = short_run
-    rows = read_rows(run_dir / "metrics" / "learner.jsonl")
-    _check_rows(rows, "learner", ("learner/critic_loss", "learner/actor_loss", "learner/alpha",
-                                  "learner/critic_accuracy", "learner/update_to_data"))
+    rows = read_rows(run_dir / "metrics" / "collector.jsonl")
+    _check_rows(rows, "collector", ("collector/critic_loss", "collector/actor_loss", "collector/alpha",
+                                    "collector/critic_accuracy", "collector/update_to_data"))
     assert [r["env_steps"] for r in rows] == [1920, 2240, 2560, 2880, 3200]
     assert [r["grad_steps"] for r in rows] == [8, 16, 24, 32, 40]
 
 
 def test_evaluator_rows(short_run):
     run_dir, _, _ = short_run
-    rows = read_rows(run_dir / "metrics" / "evaluator.jsonl")
-    _check_rows(rows, "evaluator", ("evaluator/time_at_goal", "evaluator/success_any", "evaluator/final_dist"))
+    rows = read_rows(run_dir / "metrics" / "eval_collector.jsonl")
+    _check_rows(rows, "eval_collector", ("eval_collector/time_at_goal", "eval_collector/success_any",
+                                         "eval_collector/final_dist"))
     assert [r["env_steps"] for r in rows] == [1920, 2880, 3200]
     assert [r["grad_steps"] for r in rows] == [8, 32, 40]
     for row in rows:
-        assert 0.0 <= row["evaluator/time_at_goal"] <= 100.0  # steps at the goal out of the 100-step episode
-        assert row["evaluator/episode_length"] == 100.0
+        assert 0.0 <= row["eval_collector/time_at_goal"] <= 100.0  # steps at the goal out of the 100-step episode
+        assert row["eval_collector/episode_length"] == 100.0
 
 
 def test_measured_update_to_data_matches_config(short_run):
     run_dir, _, _ = short_run
     configured = json.loads((run_dir / "config.json").read_text())["config"]["schedule"]["sgd_steps_per_env_step"]
     assert configured == pytest.approx(800 / (512 * 62))
-    for row in read_rows(run_dir / "metrics" / "learner.jsonl"):
-        measured = row["learner/update_to_data"]
+    for row in read_rows(run_dir / "metrics" / "collector.jsonl"):
+        measured = row["collector/update_to_data"]
         # grad steps per post-prefill env step: 8 / 320 exactly; K rounds 8.06 down, 0.8 % under the configured ratio.
         assert measured == pytest.approx(8 / 320)
         assert measured == pytest.approx(configured, rel=0.02)
@@ -207,7 +213,7 @@ RESUME_TOTAL_ENV_STEPS = 64_000  # 195 training iterations: seconds of work left
 
 def test_sigterm_checkpoints_and_resume_continues(spawn_cli, run_cli, tmp_path):
     run_dir = tmp_path / "run"
-    learner_file = run_dir / "metrics" / "learner.jsonl"
+    learner_file = run_dir / "metrics" / "collector.jsonl"
     args = ["train", *TINY_ARGS, "--total-env-steps", str(RESUME_TOTAL_ENV_STEPS), "--eval-every-env-steps", "6400",
             "--run-dir", str(run_dir)]
     proc = spawn_cli(args, tmp_path / "first.out", tmp_path / "first.err")
@@ -245,7 +251,7 @@ def test_sigterm_checkpoints_and_resume_continues(spawn_cli, run_cli, tmp_path):
     assert [r["grad_steps"] for r in rows] == [expected_grad_steps(s) for s in env_steps]
     assert resumed[0]["wall_time"] >= rows_before[-1]["wall_time"]  # the clock continues from the checkpoint too
 
-    evals = read_rows(run_dir / "metrics" / "evaluator.jsonl")
+    evals = read_rows(run_dir / "metrics" / "eval_collector.jsonl")
     eval_steps = [r["env_steps"] for r in evals]
     assert eval_steps == sorted(set(eval_steps)) and eval_steps[-1] == RESUME_TOTAL_ENV_STEPS
     assert all(r["grad_steps"] == expected_grad_steps(r["env_steps"]) for r in evals)
@@ -267,8 +273,8 @@ def test_overwrite_replaces_a_finished_run(short_run, run_cli, tmp_path):
     config = json.loads((run_dir / "config.json").read_text())["config"]
     assert config["run"]["seed"] == 1 and config["schedule"]["total_env_steps"] == 2240
     # Fresh metrics (not appended to the old ones) and a fresh checkpoint (the old 3200 one would have been resumed).
-    assert [r["env_steps"] for r in read_rows(run_dir / "metrics" / "learner.jsonl")] == [1920, 2240]
-    assert [r["env_steps"] for r in read_rows(run_dir / "metrics" / "evaluator.jsonl")] == [1920, 2240]
+    assert [r["env_steps"] for r in read_rows(run_dir / "metrics" / "collector.jsonl")] == [1920, 2240]
+    assert [r["env_steps"] for r in read_rows(run_dir / "metrics" / "eval_collector.jsonl")] == [1920, 2240]
     assert checkpoint_steps(run_dir) == [2240]
 
 

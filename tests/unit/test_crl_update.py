@@ -7,12 +7,13 @@ import optax
 import pytest
 
 from learners import losses
-from learners.crl import CRLConfig, Dims, make_agent
-from learners.networks import ConfigError
+from learners.crl import CRLConfig, Dims, LearnerSpec, make_agent
+from learners.networks import ConfigError, NetworkShape
 from learners.relabel import Batch
 
 DIMS = Dims(state_dim=3, goal_dim=2, action_dim=2)
-CONFIG = CRLConfig(actor_depth=4, critic_depth=4, width=32, repr_dim=8)
+CONFIG = CRLConfig(network=NetworkShape(width=32), repr_dim=8)
+LEARNER = LearnerSpec("collector", actor_depth=4, critic_depth=4, collects=True)
 
 
 def random_batch(key, lead=(16,)):
@@ -34,7 +35,7 @@ def tree_equal(a, b):
 
 @pytest.fixture(scope="module")
 def agent():
-    return make_agent(CONFIG, DIMS)
+    return make_agent(CONFIG, LEARNER, DIMS)
 
 
 def test_update_is_actor_then_alpha_then_critic(agent):
@@ -118,9 +119,9 @@ def test_act_shapes_bounds_and_determinism(agent):
 
 def test_target_entropy_and_fingerprint(agent):
     assert agent.target_entropy == -1.0
-    same = make_agent(CONFIG, DIMS)
-    deeper = make_agent(CRLConfig(actor_depth=4, critic_depth=8, width=32, repr_dim=8), DIMS)
-    lr_only = make_agent(CRLConfig(actor_depth=4, critic_depth=4, width=32, repr_dim=8, critic_lr=1e-3), DIMS)
+    same = make_agent(CONFIG, LEARNER, DIMS)
+    deeper = make_agent(CONFIG, LearnerSpec("learner_d8", actor_depth=4, critic_depth=8), DIMS)
+    lr_only = make_agent(CRLConfig(network=NetworkShape(width=32), repr_dim=8, critic_lr=1e-3), LEARNER, DIMS)
     assert agent.fingerprint() == same.fingerprint() == lr_only.fingerprint()  # learning rates don't change layout
     assert agent.fingerprint() != deeper.fingerprint()
 
@@ -130,5 +131,11 @@ def test_target_entropy_and_fingerprint(agent):
 def test_config_rejects_bad_values(field, value):
     import dataclasses
 
+    if field in ("actor_depth", "critic_depth"):
+        config, learner = CONFIG, dataclasses.replace(LEARNER, **{field: value})
+    elif field in ("width", "activation"):
+        config, learner = dataclasses.replace(CONFIG, network=dataclasses.replace(CONFIG.network, **{field: value})), LEARNER
+    else:
+        config, learner = dataclasses.replace(CONFIG, **{field: value}), LEARNER
     with pytest.raises(ConfigError, match=field.split("_")[0]):
-        make_agent(dataclasses.replace(CONFIG, **{field: value}), DIMS)
+        make_agent(config, learner, DIMS)

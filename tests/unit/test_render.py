@@ -18,9 +18,11 @@ import pytest
 from experiments import render
 from experiments.config import DecoupledConfig, EnvConfig, RuntimeConfig, ScheduleConfig, TrainConfig
 from experiments.runs import write_config
-from learners.crl import CRLConfig, Dims, make_agent
+from learners.crl import CRLConfig, Dims, LearnerSpec, make_agent
+from learners.networks import NetworkShape
 
-TINY_AGENT = CRLConfig(width=32)
+TINY_AGENT = CRLConfig(network=NetworkShape(width=32))
+COLLECTOR_D4 = LearnerSpec("collector", 4, 4, collects=True)
 RUN_EPISODE_STEPS = 40
 """The fake train run's `--episode-length` (point mazes default to 100): render's default number of steps."""
 TINY_SCHEDULE = ScheduleConfig(num_envs=4, unroll_length=10, batch_size=16, buffer_capacity_steps=100,
@@ -69,23 +71,24 @@ def _agent_and_env():
 
     env = make_env("point_u_maze")
     spec = env.spec
-    return make_agent(TINY_AGENT, Dims(spec.state_dim, spec.goal_dim, env.action_size)), env
+    return make_agent(TINY_AGENT, COLLECTOR_D4, Dims(spec.state_dim, spec.goal_dim, env.action_size)), env
 
 
 def _train_run(run_dir: Path, steps: tuple[int, ...]) -> dict[int, object]:
     """A `depthrl train` run dir with real TrainerState checkpoints at `steps`; returns the actor params saved."""
-    from experiments.inline import _checkpointer, _save, make_trainer
+    from experiments.inline import make_trainer
+    from learners.checkpoint import Checkpointer
 
     config = TrainConfig(env=EnvConfig(env="point_u_maze", episode_length=RUN_EPISODE_STEPS), agent=TINY_AGENT,
                          schedule=TINY_SCHEDULE)
     run_dir.mkdir(parents=True)
     write_config(run_dir, "train", config)
     trainer = make_trainer(config)
-    manager = _checkpointer(run_dir)
+    manager = Checkpointer(run_dir / "checkpoints", item="state")
     saved = {}
     for i, step in enumerate(steps):
         state = trainer.init(jax.random.key(10 + i)).replace(env_steps=jax.numpy.asarray(step, jax.numpy.int32))
-        _save(manager, state, wall_time=1.0)
+        manager.save(step, state, {"wall_time": 1.0, "env_steps": step})
         saved[step] = state.agent.actor_params
     manager.close()
     return saved
@@ -122,7 +125,7 @@ def test_train_run_checkpoints_restore_the_saved_actor(tmp_path):
 
 
 def test_decoupled_run_checkpoints_restore_each_learner(tmp_path):
-    from learners.process import _checkpoint_manager, _save
+    from learners.checkpoint import Checkpointer
 
     run_dir = tmp_path / "decoupled"
     run_dir.mkdir()
@@ -131,17 +134,20 @@ def test_decoupled_run_checkpoints_restore_each_learner(tmp_path):
     write_config(run_dir, "run", config)
     _, env = _agent_and_env()
     saved = {}
-    for i, name in enumerate(config.runtime.learner_names()):  # independent mode: one process (dir) per learner
-        agent = make_agent(config.agent_config(name), Dims(env.spec.state_dim, env.spec.goal_dim, env.action_size))
+    depths = {}
+    for i, learner in enumerate(config.learners):  # independent mode: one process (dir) per learner
+        name = learner.name
+        agent = make_agent(config.agent, learner, Dims(env.spec.state_dim, env.spec.goal_dim, env.action_size))
+        depths[name] = learner.actor_depth
         state = agent.init(jax.random.key(i))
-        manager = _checkpoint_manager(run_dir / "checkpoints" / name)
-        _save(manager, {name: state}, {"updates": 7, "env_steps_by_actor": {}})
+        manager = Checkpointer(run_dir / "checkpoints" / name, item="states")
+        manager.save(7, {name: state}, {"updates": 7, "env_steps_by_actor": {}})
         manager.close()
         saved[name] = state.actor_params
     for name in ("collector", "learner_d8"):
         source = render.resolve_policy_source(run_dir, None, name)
         agent, params = render.load_actor_params(source, env)
-        assert agent.config.actor_depth == config.runtime.depth_of(name)
+        assert agent.learner.actor_depth == depths[name]
         _assert_same_params(params, saved[name])
     with pytest.raises(render.RenderError, match="learner_d16"):
         render.resolve_policy_source(run_dir, None, "learner_d16")
