@@ -5,11 +5,13 @@
     python bench/replay_overhead.py --quick          # smoke run: depth 4, point-maze windows, ~30 s
 
 What runs: the real learner loop, `learners.process.run_learners` (prefetch thread -> relabel + shuffle into
-``[K, B]`` minibatches -> `update_many` of K SGD steps -> metrics row), for the collector learner of the given depth.
-Its `sample()` source alternates between two feeds in *phases* of ``--phase-updates`` updates:
+``[K, B]`` minibatches -> `update_many` of K SGD steps -> metrics row), for the collector learner of the given depth,
+with its `LearnerJob` built from `experiments.compose.RunParts` as the ``depthrl learner`` role builds it. Its
+`WindowSampler` (`PhasedFeed`) alternates between two feeds in *phases* of ``--phase-updates`` updates:
 
 - ``reverb``: `replay.reverb_backend.WindowSampler` on a table of a replay server running in its own process
-  (``python -m replay.reverb_backend``, as in `depthrl run`), i.e. gRPC, Reverb's chunk decompression, stacking;
+  (`replay.reverb_backend.start_server`, as the ``depthrl replay`` role runs it), i.e. gRPC, Reverb's chunk
+  decompression, stacking;
 - ``memory``: the same windows held in this process as ``[T, W, ...]`` numpy arrays, N drawn uniformly with
   replacement (what Reverb's Uniform sampler does) and gathered into ``[T, N, ...]``.
 
@@ -17,20 +19,20 @@ Both feeds hold the same ``--stored-windows`` windows (synthetic random-walk obs
 about as badly as real trajectories, and generating them costs no env compilation). Everything after `sample()`
 (relabelling, host->device transfer, the SGD steps, logging) is the same code.
 
-Measurement: the learner calls its `publish` after every update (``param_publish_every_grad_steps = K``); the
-bench's stand-in marks there the wall time and the CPU seconds of this process (all threads) and of the replay server
-process, so every update gets a wall time (wait for the next batch + K SGD steps + metrics row) and a CPU cost. The
-prefetch thread works up to three batches ahead of the running update (queue of 2 + one in hand), so the last
-``PREFETCH_LOOKAHEAD`` updates of a phase run while the *next* feed is sampled: they are not timed, nor is the first
-update of a phase. Phases are ordered ABBA (reverb, memory, memory, reverb, ...) so that a drift in machine load does
-not favour one feed.
+Measurement: the learner publishes its params (`ParamStore.publish`) after every update
+(``publish_every_grad_steps = K``); the bench's stand-in store (`UpdateClock`) marks there the wall time and the CPU
+seconds of this process (all threads) and of the replay server process, so every update gets a wall time (wait for
+the next batch + K SGD steps + metrics row + status file) and a CPU cost. The prefetch thread works up to three
+batches ahead of the running update (queue of 2 + one in hand), so the last ``PREFETCH_LOOKAHEAD`` updates of a
+phase run while the *next* feed is sampled: they are not timed, nor is the first update of a phase. Phases are
+ordered ABBA (reverb, memory, memory, reverb, ...) so that a drift in machine load does not favour one feed.
 
 Reported: wall ratio = median update time fed from memory / median update time fed by Reverb over all timed updates
 (= grad steps/s reverb / grad steps/s memory; medians because other jobs on a shared machine stretch single updates by
 up to 2x), the same ratio per neighbouring ABBA pair (spread), and the CPU ratio (CPU seconds per update, learner +
 server, memory / reverb), which load from other jobs barely moves. K is kept small so that phases are short;
-N = ceil(K * B / T) windows per sample as `learners.process.plan_for` sizes it, so the bytes sampled per SGD step are
-those of a real run.
+N = ceil(K * B / T) windows per sample as `learners.step.make_plan` sizes it (``windows_per_update``), so the bytes
+sampled per SGD step are those of a real run.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Any, Callable
 
 import numpy as np
@@ -93,13 +96,35 @@ def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+SERVER_SCRIPT = """
+import json, signal, sys, threading
+from replay import reverb_backend as rb
+from replay.schema import WindowSpec
+
+args = json.loads(sys.argv[1])
+tables = args["tables"]
+config = rb.ReplayTablesConfig(learners=tuple(rb.LearnerTableConfig(**learner) for learner in tables["learners"]),
+                               max_size_windows=tables["max_size_windows"], param_roles=tuple(tables["param_roles"]))
+stop = threading.Event()
+signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
+signal.signal(signal.SIGINT, lambda signum, frame: stop.set())
+server = rb.start_server(config, WindowSpec(**args["window_spec"]), args["port"])
+print("serving on port", server.port, flush=True)
+while not stop.wait(1.0):  # signal handlers run in this thread between waits
+    pass
+server.stop()
+"""
+"""The server process of the benches: `replay.reverb_backend.start_server` with the bench's tables, no checkpoints,
+until SIGTERM. The ``depthrl replay`` role serves the same way, but builds its tables from a run's config (the
+benches lay out their own) and adds a checkpoint timer and a metrics row every 5 s (not wanted in a measurement)."""
+
+
 class ReplayServerProcess:
-    """A replay server in a child process, started with exec (``python -m replay.reverb_backend``) like in a run."""
+    """A replay server in a child process, started with exec (``python -c SERVER_SCRIPT``) like a run's replay role:
+    gRPC and JAX are not fork-safe, and the server's CPU must be its own process's to be measured."""
 
     def __init__(self, tables_config, window_spec, log_dir: Path) -> None:
         import portpicker
-
-        from replay import reverb_backend
 
         self.port = portpicker.pick_unused_port()
         self.address = f"127.0.0.1:{self.port}"
@@ -107,9 +132,9 @@ class ReplayServerProcess:
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)
         env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-        command = [sys.executable, "-m", "replay.reverb_backend", "--port", str(self.port),
-                   "--config-json", reverb_backend.encode_server_config(tables_config, window_spec),
-                   "--checkpoint-every-seconds", "0"]
+        config = {"tables": dataclasses.asdict(tables_config), "window_spec": dataclasses.asdict(window_spec),
+                  "port": self.port}
+        command = [sys.executable, "-c", SERVER_SCRIPT, json.dumps(config)]
         with open(self.log_path, "wb") as out:
             self.process = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
 
@@ -219,8 +244,9 @@ class MemoryWindows:
 
 @dataclasses.dataclass
 class PhasedFeed:
-    """`sample()` for the learner: `warmup` batches from `feeds[order[0]]`, then phases of `phase_updates` batches
-    from the feeds in `order` (repeated). Records which feed served each batch and how long each call took."""
+    """The learner's `replay.protocols.WindowSampler`: `warmup` batches from `feeds[order[0]]`, then phases of
+    `phase_updates` batches from the feeds in `order` (repeated). Records which feed served each batch and how long
+    each call took. Closing it closes nothing: the caller owns the feeds."""
 
     feeds: dict[str, Callable[[], Any]]
     order: tuple[str, ...]
@@ -236,13 +262,16 @@ class PhasedFeed:
         phase = (index - self.warmup) // self.phase_updates
         return self.order[phase % len(self.order)], phase
 
-    def __call__(self):
+    def sample(self):
         name, _ = self.source_of(len(self.served))
         start = time.perf_counter()
         window = self.feeds[name]()
         self.call_seconds.append(time.perf_counter() - start)
         self.served.append(name)
         return window
+
+    def close(self) -> None:
+        pass
 
 
 def abba_order(first: str, second: str, pairs: int) -> tuple[str, ...]:
@@ -259,8 +288,8 @@ def abba_order(first: str, second: str, pairs: int) -> tuple[str, ...]:
 def bench_config(env_name: str, depth: int, batch_size: int, window_steps: int, sgd_steps_per_update: int,
                  num_updates: int, seed: int):
     """A `DecoupledConfig` whose collector learner runs `num_updates` updates of K SGD steps at batch B."""
+    from experiments.compose import RunParts
     from experiments.config import DecoupledConfig, EnvConfig, RunConfig, RuntimeConfig, ScheduleConfig
-    from learners.process import plan_for
 
     env_steps_per_iteration = NOMINAL_NUM_ENVS * NOMINAL_UNROLL_LENGTH
     schedule = ScheduleConfig(
@@ -273,13 +302,13 @@ def bench_config(env_name: str, depth: int, batch_size: int, window_steps: int, 
         run=RunConfig(seed=seed, checkpoint_every_seconds=1e9, quiet=True),
         runtime=RuntimeConfig(collector_depth=depth, learner_depths=(depth,),
                               param_publish_every_grad_steps=10**9))
-    # Env steps such that plan_for's stop rule lands exactly on num_updates * K SGD steps.
-    prefill = plan_for(config).prefill_windows * window_steps
+    # Env steps such that the plan's stop rule (`learners.step.make_plan`) lands exactly on num_updates * K SGD steps.
+    prefill = RunParts.for_run(config).plan.prefill_env_steps
     # u * learn = num_updates * K - u: just below the target, so that rounding cannot add an update.
     learn = num_updates * env_steps_per_iteration - 1
     config = dataclasses.replace(config, schedule=dataclasses.replace(schedule, total_env_steps=prefill + learn))
     config.validate()
-    plan = plan_for(config)
+    plan = RunParts.for_run(config).plan
     target = num_updates * sgd_steps_per_update
     if plan.sgd_steps_per_update != sgd_steps_per_update or plan.target_grad_steps != target:
         raise RuntimeError(f"bench config gives K={plan.sgd_steps_per_update}, target {plan.target_grad_steps}; "
@@ -287,10 +316,30 @@ def bench_config(env_name: str, depth: int, batch_size: int, window_steps: int, 
     return config
 
 
+def learner_job(config, run_dir: Path):
+    """The collector's `LearnerJob` of `config`, built from `experiments.compose.RunParts` with the same fields as
+    the ``depthrl learner`` role (`experiments.compose.run_learner_role`) gives it."""
+    from experiments.compose import RunParts
+    from experiments.config import COLLECTOR
+    from learners.process import LearnerJob
+
+    parts = RunParts.for_run(config)
+    names = (COLLECTOR,)
+    return LearnerJob(
+        agents=tuple(parts.agent(n) for n in names), spec=parts.env.spec, plan=parts.plan,
+        goal_discount=config.schedule.goal_discount, key=parts.learners_key(names),
+        publish_every_grad_steps=config.runtime.param_publish_every_grad_steps,
+        checkpoint_every_seconds=config.run.checkpoint_every_seconds,
+        checkpoint_dir=run_dir / "checkpoints" / "+".join(names),
+        rpc_timeout_seconds=config.runtime.rpc_timeout_seconds,
+        total_env_steps=config.schedule.total_env_steps)
+
+
 class UpdateClock:
-    """Stand-in for the learner's `publish`: with ``param_publish_every_grad_steps = K`` the learner loop calls it
-    once after every update, so it marks, per grad-step count, the wall time and the CPU seconds used so far by this
-    process (all threads: update, prefetch, sampling client) and by the replay server process."""
+    """Stand-in for the learner's `replay.protocols.ParamStore`: with ``publish_every_grad_steps = K`` the learner
+    loop publishes once after every update, so `publish` marks, per grad-step count, the wall time and the CPU seconds
+    used so far by this process (all threads: update, prefetch, sampling client) and by the replay server process.
+    It keeps no params: nothing reads them in this bench."""
 
     def __init__(self, server_pid: int) -> None:
         import psutil
@@ -304,9 +353,18 @@ class UpdateClock:
         times = process.cpu_times()
         return times.user + times.system
 
-    def __call__(self, name: str, params: Any, version: int, fingerprint: str, meta: dict) -> None:
+    def publish(self, role: str, params: Any, version: int, fingerprint: str, meta: Mapping[str, Any],
+                timeout_s: float) -> None:
         if not meta.get("final"):
             self.marks[version] = (time.perf_counter(), self._cpu(self._own), self._cpu(self._server))
+
+    def latest(self, role: str, template: Any, expected_fingerprint: str, timeout_s: float):
+        from replay.protocols import ReplayTimeout
+
+        raise ReplayTimeout("the bench's UpdateClock keeps no params")
+
+    def latest_version(self, role: str, timeout_s: float):
+        return self.latest(role, None, "", timeout_s)
 
 
 def measure_depth(args: argparse.Namespace, depth: int, spec, windows, server: ReplayServerProcess,
@@ -315,27 +373,29 @@ def measure_depth(args: argparse.Namespace, depth: int, spec, windows, server: R
     import jax
 
     from experiments.config import COLLECTOR
-    from experiments.metrics import read_jsonl
-    from learners.process import plan_for, run_learners
+    from experiments.metrics import JsonlLogger, read_jsonl
+    from learners.process import run_learners
     from replay import reverb_backend as rb
+    from replay.status import RunStatus
 
     k = args.sgd_steps_per_update
     phases = 2 * args.pairs
     num_updates = args.warmup_updates + phases * args.phase_updates
     config = bench_config(args.env, depth, args.batch_size, spec.window_length, k, num_updates, args.seed)
     config = dataclasses.replace(config, runtime=dataclasses.replace(config.runtime, param_publish_every_grad_steps=k))
-    plan = plan_for(config)
-    n = plan.windows_per_sample
+    run_dir = work_dir / f"learner_d{depth}"
+    job = learner_job(config, run_dir)
+    n = job.plan.windows_per_update
     sampler = rb.WindowSampler(server.address, COLLECTOR, n, timeout_s=120.0, window_spec=spec)
     memory = MemoryWindows(windows, n, args.seed)
     feed = PhasedFeed({"reverb": sampler.sample, "memory": memory.sample}, abba_order("reverb", "memory", args.pairs),
                       args.phase_updates, args.warmup_updates)
     clock = UpdateClock(server.pid)
-    run_dir = work_dir / f"learner_d{depth}"
+    logger = JsonlLogger(run_dir / "metrics" / f"{COLLECTOR}.jsonl", COLLECTOR)
     log(f"depth {depth}: K={k} SGD steps x B={args.batch_size} per update, N={n} windows of T={spec.window_length} "
         f"per sample; {args.warmup_updates} warm-up + {phases} phases x {args.phase_updates} updates")
     start = time.perf_counter()
-    run_learners(config, run_dir, (COLLECTOR,), feed, clock, threading.Event())
+    run_learners(job, feed, clock, {COLLECTOR: logger}, RunStatus(run_dir), threading.Event())
     wall = time.perf_counter() - start
     sampler.close()
     jax.clear_caches()  # the next depth compiles its own functions; keep memory flat

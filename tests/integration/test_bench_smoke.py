@@ -41,7 +41,7 @@ def test_phased_feed_serves_warmup_then_phases_and_records_sources():
     calls = []
     feed = replay_overhead.PhasedFeed({"x": lambda: calls.append("x") or "X", "y": lambda: calls.append("y") or "Y"},
                                       order=("x", "y", "y", "x"), phase_updates=2, warmup=1)
-    served = [feed() for _ in range(9)]
+    served = [feed.sample() for _ in range(9)]
     # warm-up (x), then phases x x | y y | y y | x x
     assert served == ["X", "X", "X", "Y", "Y", "Y", "Y", "X", "X"]
     assert feed.served == calls
@@ -73,13 +73,13 @@ def test_memory_feed_samples_time_major_windows_that_were_stored():
 
 
 def test_bench_config_lands_on_the_requested_updates():
-    from learners.process import plan_for
+    from experiments.compose import RunParts
 
     config = replay_overhead.bench_config("point_u_maze", depth=4, batch_size=256, window_steps=100,
                                           sgd_steps_per_update=4, num_updates=13, seed=0)
-    plan = plan_for(config)
+    plan = RunParts.for_run(config).plan
     assert (plan.sgd_steps_per_update, plan.target_grad_steps) == (4, 52)
-    assert plan.windows_per_sample == 11  # ceil(4 * 256 / 100)
+    assert plan.windows_per_update == 11  # ceil(4 * 256 / 100)
 
 
 def test_raw_bytes_per_step_counts_provenance_per_window():
