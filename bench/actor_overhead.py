@@ -6,13 +6,17 @@
 
 What runs: the real actor loop, `actors.process.run_actor` (jitted `unroll` of T steps in E env slots with the
 collector's stochastic policy -> device-to-host copy into a `Window` batch -> next rollout dispatched ->
-`write(window)` -> `latest(...)` param poll -> metrics row). Its two transport callables alternate by phase:
+`WindowWriter.write(window)` -> `ParamsFollower.poll()` param poll -> metrics row), with its `ActorJob` built from
+`experiments.compose.RunParts` as the ``depthrl actor`` role (`experiments.compose.run_actor_role`) builds it. Its
+transport is one object implementing the `replay.protocols` `WindowWriter` and `ParamStore` (`AlternatingTransport`)
+that switches by phase:
 
 - ``reverb``: `write` is what `depthrl actor` uses (`replay.reverb_backend.WindowWriter.write` into ``--tables``
   learner tables of a server in its own process, waiting for the server's confirmation; 2 tables = the collector
-  and one passive learner, the default `depthrl run`), and `latest` polls the params version over Reverb
-  (`experiments.roles._latest_fn`, as a real actor does after every window);
-- ``local``: `write` does nothing and `latest` reports no new params: the same rollout and host copy, no transport.
+  and one passive learner, the default `depthrl run`), and `latest_version` polls the params version over Reverb
+  (`replay.reverb_backend.ParamStore.latest_version`, as a real actor's `ParamsFollower` does after every window);
+- ``local``: `write` does nothing and `latest_version` returns the version the actor already has (no new params):
+  the same rollout and host copy, no transport.
 
 Every iteration is timed from the actor's own ``env_steps_per_second`` metric, and the CPU seconds of this process and
 of the server process are marked at each param poll (once per iteration). `run_actor` dispatches the next rollout
@@ -61,10 +65,17 @@ def actor_config(env_name: str, num_envs: int, window_steps: int | None, depth: 
 
 @dataclasses.dataclass
 class AlternatingTransport:
-    """`write` and `latest` for `run_actor`, switching between the Reverb transport and none per iteration."""
+    """The `replay.protocols.WindowWriter` and `ParamStore` that `run_actor` is given, switching per iteration between
+    the Reverb transport (`writer`, `store`) and none.
 
-    reverb_write: Any
-    reverb_latest: Any
+    An iteration ends at the actor's param poll (`latest_version`, once per window batch), where the CPU clocks are
+    marked. The poll before the loop (the first `latest_version` and `latest`) always goes over Reverb and is not an
+    iteration."""
+
+    writer: Any
+    """The Reverb `WindowWriter`."""
+    store: Any
+    """The Reverb `ParamStore`."""
     order: tuple[str, ...]
     """Feed of each phase after the warm-up, e.g. ('reverb', 'local', 'local', 'reverb', ...)."""
     warmup: int
@@ -73,6 +84,10 @@ class AlternatingTransport:
     marks: list[tuple[float, float, float]] = dataclasses.field(default_factory=list)
     """(wall, own CPU, server CPU) before the first iteration and after each one."""
     iteration: int = 0
+    head: Any = None
+    """The newest `Versioned` head read over Reverb: what a ``local`` poll answers (no new params)."""
+    started: bool = False
+    """True once the actor's first params fetch (before its loop) is done."""
 
     def __post_init__(self) -> None:
         import psutil
@@ -97,39 +112,80 @@ class AlternatingTransport:
         own, server = self._own.cpu_times(), self._server.cpu_times()
         self.marks.append((time.perf_counter(), own.user + own.system, server.user + server.system))
 
-    def write(self, window) -> float:
+    # --- WindowWriter
+    def write(self, window) -> None:
         if self.feed_of(self.iteration) == "reverb":
-            return self.reverb_write(window)
-        return 0.0
+            self.writer.write(window)
 
-    def latest(self, role: str, template: Any, known_version: int):
-        if known_version < 0:  # the initial fetch before the loop: always over Reverb, not timed
-            fetched = self.reverb_latest(role, template, known_version)
+    def wait_confirmed(self, timeout_s: float) -> None:
+        self.writer.wait_confirmed(timeout_s)  # only after a Reverb write timed out: a local write never does
+
+    def close(self) -> None:
+        pass  # the caller closes the Reverb writer
+
+    # --- ParamStore
+    def publish(self, role: str, params: Any, version: int, fingerprint: str, meta, timeout_s: float) -> None:
+        self.store.publish(role, params, version, fingerprint, meta, timeout_s)
+
+    def latest(self, role: str, template: Any, expected_fingerprint: str, timeout_s: float):
+        fetched = self.store.latest(role, template, expected_fingerprint, timeout_s)
+        if not self.started:  # the initial fetch before the loop: always over Reverb, not timed
+            self.started = True
             self._mark()
-            return fetched
-        feed = self.feed_of(self.iteration)
-        fetched = self.reverb_latest(role, template, known_version) if feed == "reverb" else None
+        return fetched
+
+    def latest_version(self, role: str, timeout_s: float):
+        if not self.started:
+            self.head = self.store.latest_version(role, timeout_s)
+            return self.head
+        if self.feed_of(self.iteration) == "reverb":
+            self.head = self.store.latest_version(role, timeout_s)
         self._mark()
         self.iteration += 1
         if self.iteration >= self.warmup + len(self.order) * self.phase_iterations:
             self.stop_event.set()
-        return fetched
+        return self.head
+
+
+def actor_job(config, run_dir: Path, actor_id: int = 0):
+    """Actor `actor_id`'s `ActorJob` of `config`, built from `experiments.compose.RunParts` with the same fields as
+    the ``depthrl actor`` role (`experiments.compose.run_actor_role`) gives it; and the `RunParts`."""
+    from actors.coverage import coverage_path
+    from actors.process import ActorJob
+    from experiments.compose import RunParts
+    from experiments.config import COLLECTOR
+
+    parts = RunParts.for_run(config)
+    r = config.runtime
+    role = f"actor_{actor_id}"
+    collector = parts.agent(COLLECTOR)
+    job = ActorJob(
+        role=role, actor_id=actor_id, env=parts.training_env, policy=collector.act, params_role=COLLECTOR,
+        params_template=parts.params_template(COLLECTOR), fingerprint=collector.fingerprint(),
+        num_envs=config.envs_per_actor(), window_steps=parts.window_steps,
+        budget_env_steps=config.schedule.total_env_steps // r.actors, key=parts.actor_key(actor_id),
+        rpc_timeout_seconds=r.rpc_timeout_seconds,
+        coverage_path=coverage_path(run_dir, role) if getattr(parts.env, "layout", None) is not None else None)
+    return job, parts
 
 
 def measure_env(args: argparse.Namespace, env_name: str, work_dir: Path) -> dict:
-    from actors.envs.registry import get_entry, make_env
+    import jax
+
+    from actors.envs.registry import get_entry
     from actors.process import run_actor
     from experiments.config import COLLECTOR
-    from experiments.metrics import read_jsonl
-    from experiments.roles import _fingerprint, _latest_fn, tables_for, window_spec_for
-    from learners.crl import Dims, make_agent
+    from experiments.metrics import JsonlLogger, read_jsonl
     from replay import reverb_backend as rb
+    from replay.status import RunStatus
 
     family = get_entry(env_name).family
     num_envs = args.num_envs or DEFAULT_NUM_ENVS.get(family, 64)
     config = actor_config(env_name, num_envs, args.window_steps or None, args.depth, args.seed)
-    spec = window_spec_for(config)
-    # One table per learner, as `experiments.roles.tables_for` lays out a run in 'independent' sampling mode (the
+    run_dir = work_dir / env_name
+    job, parts = actor_job(config, run_dir)
+    spec = parts.window_spec
+    # One table per learner, as `experiments.compose.tables_for` lays out a run in 'independent' sampling mode (the
     # default run has the collector and one passive learner: 2 tables). No rate limiter: nothing samples here.
     names = (COLLECTOR,) + tuple(f"learner_{i}" for i in range(1, args.tables))
     tables = rb.ReplayTablesConfig(
@@ -142,30 +198,23 @@ def measure_env(args: argparse.Namespace, env_name: str, work_dir: Path) -> dict
     log(f"{env_name}: E={num_envs} slots x T={spec.window_length} steps per iteration, "
         f"{spec.bytes_per_item() / 1e3:.1f} KB per window, {args.tables} table(s); {args.warmup} warm-up + "
         f"{2 * args.pairs} phases x {args.phase} iterations")
-    run_dir = work_dir / env_name
     with ReplayServerProcess(tables, spec, work_dir) as server:
         server.wait_ready()
         timeout = config.runtime.rpc_timeout_seconds
         writer = rb.WindowWriter(server.address, names, spec, flush_timeout_ms=int(timeout * 1000))
         store = rb.ParamStore(server.address, connect_timeout_s=timeout)
-        env = make_env(config.env.env)
-        agent = make_agent(config.agent_config(COLLECTOR), Dims(env.spec.state_dim, env.spec.goal_dim,
-                                                                env.action_size))
-        import jax
-
-        params = agent.init(jax.random.PRNGKey(args.seed)).actor_params
-        store.publish(COLLECTOR, params, 0, agent.fingerprint(), timeout_s=timeout, meta={"env_steps": 0})
-
-        def write(window) -> float:  # as in experiments.roles.run_actor_role, minus the throttling branch
-            writer.write(window)
-            return 0.0
+        # The collector learner's version 0, as its learner process publishes it at start.
+        collector = parts.agent(COLLECTOR)
+        params = collector.init(jax.random.fold_in(parts.learners_key((COLLECTOR,)), 0)).actor_params
+        store.publish(COLLECTOR, params, 0, collector.fingerprint(), {"env_steps": 0}, timeout_s=timeout)
 
         stop = threading.Event()
         transport = AlternatingTransport(
-            write, _latest_fn(store, {COLLECTOR: _fingerprint(config, COLLECTOR)}, timeout),
-            abba_order("reverb", "local", args.pairs), args.warmup, server.pid, stop, phase_iterations=args.phase)
+            writer, store, abba_order("reverb", "local", args.pairs), args.warmup, server.pid, stop,
+            phase_iterations=args.phase)
+        logger = JsonlLogger(run_dir / "metrics" / f"{job.role}.jsonl", job.role)
         start = time.perf_counter()
-        run_actor(config, run_dir, 0, transport.write, transport.latest, stop)
+        run_actor(job, transport, transport, logger, RunStatus(run_dir), stop)
         wall = time.perf_counter() - start
         writer.close()
         written = writer.windows_written

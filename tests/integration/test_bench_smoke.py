@@ -98,6 +98,43 @@ def test_actor_transport_alternates_by_phase_and_times_all_but_the_first_iterati
     assert [i for i in range(14) if transport.timed(i)] == [3, 4, 6, 7, 9, 10, 12, 13]
 
 
+def test_actor_transport_uses_reverb_only_in_its_phases_and_marks_once_per_iteration():
+    import threading
+
+    from replay.protocols import ParamStore, Versioned, WindowWriter
+
+    calls = []
+
+    class Writer:
+        def write(self, window):
+            calls.append(("write", window))
+
+    class Store:
+        def latest_version(self, role, timeout_s):
+            calls.append(("latest_version", role))
+            return Versioned(None, 0, "fp", {})
+
+        def latest(self, role, template, expected_fingerprint, timeout_s):
+            calls.append(("latest", role))
+            return Versioned("params", 0, "fp", {})
+
+    stop = threading.Event()
+    # The transport's own process stands in for the server: only CPU times are read from it.
+    transport = actor_overhead.AlternatingTransport(Writer(), Store(), ("reverb", "local"), warmup=1,
+                                                    server_pid=os.getpid(), stop_event=stop, phase_iterations=2)
+    assert isinstance(transport, WindowWriter) and isinstance(transport, ParamStore)
+    # What run_actor does: the first fetch (version poll + params), then per iteration one write and one poll.
+    transport.latest_version("collector", 1.0)
+    assert transport.latest("collector", None, "fp", 1.0).params == "params"
+    heads = []
+    for i in range(5):
+        transport.write(i)
+        heads.append(transport.latest_version("collector", 1.0).version)
+    assert heads == [0] * 5 and stop.is_set()  # local polls answer the known version: nothing new
+    assert calls == [("latest_version", "collector"), ("latest", "collector"),
+                     *[c for i in (0, 1, 2) for c in (("write", i), ("latest_version", "collector"))]]
+    assert len(transport.marks) == 1 + 5
+
 def test_end_to_end_role_names_from_command_lines():
     base = [sys.executable, "-m", "experiments.cli"]
     assert end_to_end.role_of(base + ["learner", "--run-dir", "d", "--learners", "collector"]) == "learner:collector"
