@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import numpy as np
 
 from actors.coverage import coverage_path
 from actors.envs.registry import make_env
@@ -99,8 +100,8 @@ class RunParts:
 
     def params_template(self, name: str) -> Any:
         """Shapes and dtypes of learner `name`'s actor params, to rebuild published params into (no init runs)."""
-        agent = self.agent(name)
-        return jax.eval_shape(agent.init, jax.random.PRNGKey(self.config.run.seed)).actor_params
+        shapes = jax.eval_shape(self.agent(name).init, self.root_key).actor_params
+        return jax.tree_util.tree_map(lambda leaf: np.zeros(leaf.shape, leaf.dtype), shapes)
 
     @functools.cached_property
     def window_spec(self):
