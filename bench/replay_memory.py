@@ -4,11 +4,11 @@
     python bench/replay_memory.py --envs ant --tables 1,3 --steps 100000,1000000,2000000
     python bench/replay_memory.py --quick                   # smoke run: point maze, 2e4 and 1e5 steps, 1 and 2 tables
 
-What runs: a replay server in a child process (``python -m replay.reverb_backend``, as `depthrl run` starts it) with
-one window table per learner, all with the same capacity and Fifo remover (`experiments.roles.tables_for`'s layout),
-no rate limiter. This process writes windows through `replay.reverb_backend.WindowWriter` (each window appended once,
-one item per table referencing it) until the tables hold each ``--steps`` total; at each mark the server's resident set
-size is read with psutil.
+What runs: a replay server in a child process (`replay.reverb_backend.start_server`, as the ``depthrl replay`` role
+runs it; `bench.replay_overhead.ReplayServerProcess`) with one window table per learner, all with the same capacity
+and Fifo remover (`experiments.compose.tables_for`'s layout), no rate limiter. This process writes windows through
+`replay.reverb_backend.WindowWriter` (each window appended once, one item per table referencing it) until the tables
+hold each ``--steps`` total; at each mark the server's resident set size is read with psutil.
 
 Reported per mark: ``(RSS - RSS of the idle server) / stored env steps`` divided by the raw bytes of one env step
 (obs (S+G) float32 + action A float32 + traj_id int32, plus the window's provenance (int32 + 2 int64) spread over its

@@ -4,9 +4,9 @@
     python bench/window_write_cost.py --envs point_u_maze --tables 2 --rounds 9
     python bench/window_write_cost.py --quick                # smoke run: point maze, 1 table, 2 rounds
 
-What runs: a replay server in a child process (``python -m replay.reverb_backend``, as `depthrl run` starts it) with
-``--tables`` window tables, no rate limiter and room for one round of writes (so the steady state, where every insert
-evicts the oldest window, is what is timed); this process writes the same batch of E synthetic windows (the env's
+What runs: a replay server in a child process (`replay.reverb_backend.start_server`, as the ``depthrl replay`` role
+runs it; `bench.replay_overhead.ReplayServerProcess`) with ``--tables`` window tables, no rate limiter and room for
+one round of writes (so the steady state, where every insert evicts the oldest window, is what is timed); this process writes the same batch of E synthetic windows (the env's
 dims and episode length, `bench.replay_overhead.synthetic_windows`) through `replay.reverb_backend.WindowWriter`, as
 an actor does, ``--writes-per-round`` times per round. Per round it reads the CPU seconds (user + system, all threads)
 of this process and of the server with psutil and divides by the windows written; the medians over ``--rounds`` are
