@@ -35,7 +35,7 @@ from typing import Any
 import jax
 
 from learners import losses
-from learners.crl import CRLConfig, Dims, make_agent
+from learners.crl import CRLConfig, Dims, LearnerSpec, make_agent
 from learners.relabel import Batch
 
 ANT_DIMS = Dims(state_dim=29, goal_dim=2, action_dim=8)
@@ -107,7 +107,7 @@ class Compiled:
 
 
 def compile_update(depth: int, batch_size: int, sgd_steps: int, seed: int) -> Compiled:
-    agent = make_agent(CRLConfig(actor_depth=depth, critic_depth=depth), ANT_DIMS)
+    agent = make_agent(CRLConfig(), LearnerSpec(f"learner_d{depth}", actor_depth=depth, critic_depth=depth), ANT_DIMS)
     key_state, key_s, key_a, key_g, key_update = jax.random.split(jax.random.key(seed), 5)
     state = agent.init(key_state)
     k, b, d = sgd_steps, batch_size, ANT_DIMS
