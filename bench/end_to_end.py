@@ -114,7 +114,7 @@ class RunMonitor:
 
     def _progress(self) -> tuple[int, int]:
         metrics = self._run_dir / "metrics"
-        collector = read_rows(metrics / ("learner.jsonl" if self._mode == "train" else "collector.jsonl"))
+        collector = read_rows(metrics / "collector.jsonl")  # the collector learner in every mode, train included
         grad = max((int(r["grad_steps"]) for r in collector), default=0)
         if self._mode == "decoupled":
             env = sum(max((int(r["env_steps"]) for r in read_rows(metrics / f"actor_{a}.jsonl")), default=0)
