@@ -303,7 +303,11 @@ class DecoupledConfig:
         r = self.runtime
         check_depth(r.collector_depth, "collector_depth")
         for depth in r.learner_depths:
-            check_depth(depth, f"learner_depths (in {list(r.learner_depths)})")
+            try:
+                check_depth(depth, "learner_depths")
+            except ConfigError:
+                raise ConfigError(f"learner_depths must hold positive multiples of 4 (4, 8, ..., 1024), got {depth} "
+                                  f"in {list(r.learner_depths)}") from None
         if not r.learner_depths:
             raise ConfigError("learner_depths must name at least one passive learner depth (positive multiples of 4), "
                               "e.g. --learner-depths 16,4")

@@ -61,10 +61,12 @@ def make_env(name: str, **overrides: Any) -> GoalEnv:
 
 def compatibility_problems(train_env: str, other_env: str) -> list[str]:
     """Why a policy trained on `train_env` cannot act in `other_env` (empty when it can): another family, another
-    observation layout (state size, goal slice) or another action size. Builds both envs."""
-    problems = []
+    observation layout (state size, goal slice) or another action size. Builds both envs when their families
+    agree."""
     if get_entry(train_env).family != get_entry(other_env).family:
-        problems.append(f"family {get_entry(other_env).family!r} instead of {get_entry(train_env).family!r}")
+        # Decided without building either env (a Brax env's construction compiles).
+        return [f"family {get_entry(other_env).family!r} instead of {get_entry(train_env).family!r}"]
+    problems = []
     a, b = make_env(train_env), make_env(other_env)
     layout = lambda env: (env.spec.state_dim, env.spec.goal_start, env.spec.goal_end)  # noqa: E731
     if layout(a) != layout(b):

@@ -51,7 +51,7 @@ BAD_INPUT = [
     ("unknown_eval_env", ["--eval-env", "nope"], ["eval_env: unknown env 'nope'", "point_u_maze_eval"], None),
     # Tried as a new user would: before the cross-field check it created the run dir, then died in flax (exit 1).
     ("eval_env_of_another_family", ["--eval-env", "ant"],
-     ["eval_env 'ant' cannot evaluate a policy trained on env 'point_u_maze'", "family 'ant'", "actions"], None),
+     ["eval_env 'ant' cannot evaluate a policy trained on env 'point_u_maze'", "family 'ant' instead of 'point'"], None),
     ("batch_larger_than_data", ["--batch-size", "100000"], ["batch_size (100000)", "data available"], None),
     ("num_envs_0", ["--num-envs", "0"], ["num_envs must be a positive integer, got 0"], None),
     ("unroll_length_negative", ["--unroll-length", "-1"], ["unroll_length must be a positive integer, got -1"], None),
@@ -136,13 +136,14 @@ def test_short_run_exits_0_and_reports(short_run):
 def test_short_run_records_config_revision_and_packages(short_run):
     run_dir, _, _ = short_run
     payload = json.loads((run_dir / "config.json").read_text())
-    assert payload["format_version"] == 1
+    assert payload["format_version"] == 2
     assert payload["kind"] == "train"
+    assert payload["learners"] == [{"name": "collector", "actor_depth": 4, "critic_depth": 4, "collects": True}]
     config = payload["config"]
     assert config["env"]["env"] == "point_u_maze"
     assert config["schedule"]["num_envs"] == TINY_NUM_ENVS
     assert config["schedule"]["total_env_steps"] == SHORT_TOTAL_ENV_STEPS
-    assert config["agent"]["width"] == 32
+    assert config["agent"]["network"]["width"] == 32
     assert config["run"]["run_dir"] == str(run_dir)
     assert re.fullmatch(r"[0-9a-f]{40}(-dirty)?|unknown", payload["git_revision"]), payload["git_revision"]
     assert payload["packages"]["jax"] == metadata.version("jax")
