@@ -148,25 +148,12 @@ class AlternatingTransport:
 
 
 def actor_job(config, run_dir: Path, actor_id: int = 0):
-    """Actor `actor_id`'s `ActorJob` of `config`, built from `experiments.compose.RunParts` with the same fields as
-    the ``depthrl actor`` role (`experiments.compose.run_actor_role`) gives it; and the `RunParts`."""
-    from actors.coverage import coverage_path
-    from actors.process import ActorJob
+    """Actor `actor_id`'s `ActorJob` of `config`, as the ``depthrl actor`` role builds it; and the `RunParts`."""
     from experiments.compose import RunParts
-    from experiments.config import COLLECTOR
+    from experiments.compose import actor_job as build
 
     parts = RunParts.for_run(config)
-    r = config.runtime
-    role = f"actor_{actor_id}"
-    collector = parts.agent(COLLECTOR)
-    job = ActorJob(
-        role=role, actor_id=actor_id, env=parts.training_env, policy=collector.act, params_role=COLLECTOR,
-        params_template=parts.params_template(COLLECTOR), fingerprint=collector.fingerprint(),
-        num_envs=config.envs_per_actor(), window_steps=parts.window_steps,
-        budget_env_steps=config.schedule.total_env_steps // r.actors, key=parts.actor_key(actor_id),
-        rpc_timeout_seconds=r.rpc_timeout_seconds,
-        coverage_path=coverage_path(run_dir, role) if getattr(parts.env, "layout", None) is not None else None)
-    return job, parts
+    return build(parts, config, run_dir, actor_id), parts
 
 
 def measure_env(args: argparse.Namespace, env_name: str, work_dir: Path) -> dict:

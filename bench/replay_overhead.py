@@ -317,22 +317,12 @@ def bench_config(env_name: str, depth: int, batch_size: int, window_steps: int, 
 
 
 def learner_job(config, run_dir: Path):
-    """The collector's `LearnerJob` of `config`, built from `experiments.compose.RunParts` with the same fields as
-    the ``depthrl learner`` role (`experiments.compose.run_learner_role`) gives it."""
+    """The collector's `LearnerJob` of `config`, as the ``depthrl learner`` role builds it."""
     from experiments.compose import RunParts
+    from experiments.compose import learner_job as build
     from experiments.config import COLLECTOR
-    from learners.process import LearnerJob
 
-    parts = RunParts.for_run(config)
-    names = (COLLECTOR,)
-    return LearnerJob(
-        agents=tuple(parts.agent(n) for n in names), spec=parts.env.spec, plan=parts.plan,
-        goal_discount=config.schedule.goal_discount, key=parts.learners_key(names),
-        publish_every_grad_steps=config.runtime.param_publish_every_grad_steps,
-        checkpoint_every_seconds=config.run.checkpoint_every_seconds,
-        checkpoint_dir=run_dir / "checkpoints" / "+".join(names),
-        rpc_timeout_seconds=config.runtime.rpc_timeout_seconds,
-        total_env_steps=config.schedule.total_env_steps)
+    return build(RunParts.for_run(config), config, run_dir, (COLLECTOR,))
 
 
 class UpdateClock:

@@ -291,22 +291,29 @@ class TableWatch:
         return m[p + "limiter_error"] - 1 < m[p + "limiter_min_diff"] or m[p + "size"] < self._min_size
 
 
-def run_learner_role(run_dir: Path, address: str, names: tuple[str, ...]) -> int:
-    from learners.process import SAMPLE_POLL_SECONDS, LearnerJob, run_learners
-    from replay import reverb_backend as rb
+def learner_job(parts: RunParts, config: DecoupledConfig, run_dir: Path, names: tuple[str, ...]):
+    """The `learners.process.LearnerJob` of the learner process hosting `names`."""
+    from learners.process import LearnerJob
 
-    config = load_run_config(run_dir)
-    parts = RunParts.for_run(config)
-    stop = stop_on_signals()
     r = config.runtime
-    plan = parts.plan
-    job = LearnerJob(
-        agents=tuple(parts.agent(n) for n in names), spec=parts.env.spec, plan=plan,
+    return LearnerJob(
+        agents=tuple(parts.agent(n) for n in names), spec=parts.env.spec, plan=parts.plan,
         goal_discount=config.schedule.goal_discount, key=parts.learners_key(names),
         publish_every_grad_steps=r.param_publish_every_grad_steps,
         checkpoint_every_seconds=config.run.checkpoint_every_seconds,
         checkpoint_dir=run_dir / "checkpoints" / "+".join(names), rpc_timeout_seconds=r.rpc_timeout_seconds,
         total_env_steps=config.schedule.total_env_steps)
+
+
+def run_learner_role(run_dir: Path, address: str, names: tuple[str, ...]) -> int:
+    from learners.process import SAMPLE_POLL_SECONDS, run_learners
+    from replay import reverb_backend as rb
+
+    config = load_run_config(run_dir)
+    parts = RunParts.for_run(config)
+    stop = stop_on_signals()
+    r, plan = config.runtime, parts.plan
+    job = learner_job(parts, config, run_dir, names)
     client = rb.wait_for_server(address, r.replay_connect_timeout_seconds)
     # Sampling waits in short slices so that the learner can notice, between them, that no data can come any more.
     sampler = rb.WindowSampler(address, names[0], plan.windows_per_update,
@@ -325,32 +332,39 @@ def run_learner_role(run_dir: Path, address: str, names: tuple[str, ...]) -> int
 # --- actor / evaluator ------------------------------------------------------------------------------------------
 
 
-def run_actor_role(run_dir: Path, address: str, actor_id: int) -> int:
-    from actors.process import ActorJob, run_actor
-    from replay import reverb_backend as rb
+def actor_job(parts: RunParts, config: DecoupledConfig, run_dir: Path, actor_id: int):
+    """The `actors.process.ActorJob` of actor `actor_id`."""
+    from actors.process import ActorJob
 
-    config = load_run_config(run_dir)
-    parts = RunParts.for_run(config)
-    stop = stop_on_signals()
-    r = config.runtime
-    role = f"actor_{actor_id}"
+    r, role = config.runtime, f"actor_{actor_id}"
     collector = parts.agent(COLLECTOR)
-    job = ActorJob(
+    return ActorJob(
         role=role, actor_id=actor_id, env=parts.training_env, policy=collector.act, params_role=COLLECTOR,
         params_template=parts.params_template(COLLECTOR), fingerprint=collector.fingerprint(),
         num_envs=config.envs_per_actor(), window_steps=parts.window_steps,
         budget_env_steps=config.schedule.total_env_steps // r.actors, key=parts.actor_key(actor_id),
         rpc_timeout_seconds=r.rpc_timeout_seconds,
         coverage_path=coverage_path(run_dir, role) if getattr(parts.env, "layout", None) is not None else None)
+
+
+def run_actor_role(run_dir: Path, address: str, actor_id: int) -> int:
+    from actors.process import run_actor
+    from replay import reverb_backend as rb
+
+    config = load_run_config(run_dir)
+    parts = RunParts.for_run(config)
+    stop = stop_on_signals()
+    r = config.runtime
+    job = actor_job(parts, config, run_dir, actor_id)
     tables = tables_for(config, parts.plan).table_names
     writer = rb.WindowWriter(address, tables, parts.window_spec, flush_timeout_ms=int(r.rpc_timeout_seconds * 1000),
                              connect_timeout_s=r.replay_connect_timeout_seconds)
     store = rb.ParamStore(address, connect_timeout_s=r.rpc_timeout_seconds)
     try:
-        steps = run_actor(job, writer, store, _logger(run_dir, role), RunStatus(run_dir), stop)
+        steps = run_actor(job, writer, store, _logger(run_dir, job.role), RunStatus(run_dir), stop)
     finally:
         writer.close()
-    _say(role, f"done: {steps:,} env steps")
+    _say(job.role, f"done: {steps:,} env steps")
     return 0
 
 
