@@ -4,7 +4,7 @@ Written by the actor processes of a maze env (one file per actor role, ``<run_di
 `analysis.coverage` with numpy alone, which sums the files of a run and turns them into coverage maps, the visited
 fraction of free cells and the visitation entropy.
 
-The file format and the bin axes are a contract with that reader, stated once in analysis/README.md ("Coverage
+The file format and the bin axes are a contract with that reader, stated once in docs/run-directory.md ("Coverage
 files"): keys, dtypes and shapes, layout characters, and which world interval each bin covers. `CoverageGrid.save`
 writes it and `load` reads it back (an actor resuming its counts). Bins follow the maze's world axes (see
 `actors.envs.mazes`): each cell holds ``k x k`` bins (``k = bins_per_cell``) and the histogram covers the whole grid,

@@ -1,6 +1,6 @@
 """Exploration of the collector's data: coverage files of a run read, summed over actors, and scalar coverage measures.
 
-The files are ``<run_dir>/coverage/<role>.npz``, one per actor; their format is the contract in analysis/README.md
+The files are ``<run_dir>/coverage/<role>.npz``, one per actor; their format is the contract in docs/run-directory.md
 ("Coverage files"), and this module reads them with numpy alone (the writer is `actors.coverage`, which this package
 does not import). Scalars, over the *free* cells of the maze only (a count in a wall cell, from a body pushed into a
 wall, is ignored):
@@ -118,7 +118,7 @@ class CoverageMap:
 
 
 def read_coverage(path: Path) -> CoverageMap:
-    """Read one coverage file (format: analysis/README.md). Raises OSError, or ValueError naming `path` when it is
+    """Read one coverage file (format: docs/run-directory.md). Raises OSError, or ValueError naming `path` when it is
     not an npz archive, lacks a key or holds an inconsistent layout."""
     try:
         data = np.load(Path(path), allow_pickle=False)

@@ -22,7 +22,7 @@ whether its policy collects. A role named like a learner is that learner (kind "
 config.json format 2 states the list; format 1 (written before it) is converted: a decoupled run's collector
 (``runtime.collector_depth``) and passive learners ``learner_d{D}`` for each D of ``runtime.learner_depths``; a train
 run's single learner "collector" (``agent.actor_depth`` / ``agent.critic_depth``), whose format-1 roles "learner" and
-"evaluator" stand for "collector" and "eval_collector". See analysis/README.md for both formats.
+"evaluator" stand for "collector" and "eval_collector". See docs/run-directory.md for both formats.
 
 Damaged input does not stop loading: a JSONL line that is not a JSON object (a line cut short by a crash) is skipped,
 an unreadable config.json skips its run, and each such problem is returned as a message (and sent to
