@@ -123,6 +123,10 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def default_grid_dir(args: argparse.Namespace, envs) -> Path:
+    return args.grid_dir or Path("runs") / f"ablate_{args.preset or envs[0]}"
+
+
 def plan_grid(args: argparse.Namespace, run_args: list[str]) -> tuple[dict, list[GridRun]]:
     """Grid spec (what grid.json pins) and its runs, from parsed flags + pass-through run args. Validates all."""
     preset = None
@@ -151,13 +155,19 @@ def plan_grid(args: argparse.Namespace, run_args: list[str]) -> tuple[dict, list
     if args.parallel > 1 and any(a.startswith("--replay-port") for a in shared):
         raise GridError("--replay-port cannot be fixed when --parallel > 1 (each run needs its own port)")
 
+    # W&B groups a grid's runs under the grid's name.
+    logs_to_wandb = any("wandb" in a for i, a in enumerate(shared) if a.startswith("--log=")
+                        or (i > 0 and shared[i - 1] == "--log"))
+    group = ()
+    if logs_to_wandb and not any(a.startswith("--wandb-group") for a in shared):
+        group = ("--wandb-group", default_grid_dir(args, envs).name)
     runs = []
     for env in envs:
         for depth in collector:
             for seed in range(seeds):
                 name = f"c{depth}_s{seed}" if len(envs) == 1 else f"{env}/c{depth}_s{seed}"
                 argv = ("--env", env, *shared, "--collector-depth", str(depth),
-                        "--learner-depths", ",".join(map(str, learners)), "--seed", str(seed))
+                        "--learner-depths", ",".join(map(str, learners)), "--seed", str(seed), *group)
                 runs.append(GridRun(name, env, depth, seed, argv))
     spec = {"preset": args.preset, "envs": list(envs), "collector_depths": list(collector),
             "learner_depths": list(learners), "seeds": seeds, "run_args": shared}
@@ -290,7 +300,7 @@ def main(argv: list[str]) -> int:
         spec, runs = plan_grid(args, run_args)
         for run in runs:
             validate_run(run)
-        grid_dir = args.grid_dir or Path("runs") / f"ablate_{args.preset or spec['envs'][0]}"
+        grid_dir = default_grid_dir(args, spec["envs"])
         state = open_grid(grid_dir, spec, runs)
     except GridError as e:
         print(f"depthrl: error: {e}", file=sys.stderr)

@@ -31,7 +31,7 @@ from actors.coverage import coverage_path
 from actors.envs.registry import make_env
 from actors.envs.wrappers import TrainingEnv
 from experiments.config import COLLECTOR, DecoupledConfig, TrainConfig
-from experiments.metrics import JsonlLogger
+from experiments.metrics import JsonlLogger, make_logger
 from experiments.runs import read_config
 from learners.crl import CRLAgent, Dims, LearnerSpec, make_agent
 from learners.step import LearnerPlan, make_plan
@@ -193,8 +193,9 @@ def _say(role: str, message: str) -> None:
     print(f"[{role}] {message}", file=sys.stderr, flush=True)
 
 
-def _logger(run_dir: Path, role: str) -> JsonlLogger:
-    return JsonlLogger(run_dir / "metrics" / f"{role}.jsonl", role)
+def _logger(run_dir: Path, role: str, config: DecoupledConfig) -> JsonlLogger:
+    """A role's logger: JSONL, and TensorBoard when asked (a decoupled run's W&B rows go through the launcher)."""
+    return make_logger(run_dir, role, config.run.sinks)
 
 
 # --- replay -----------------------------------------------------------------------------------------------------
@@ -215,7 +216,7 @@ def run_replay(run_dir: Path, port: int) -> int:
     tables = tables_for(config, parts.plan)
     server = rb.start_server(tables, parts.window_spec, port, str(checkpoint_dir))
     client = rb.wait_for_server(f"127.0.0.1:{server.port}", 30.0)
-    log = _logger(run_dir, "replay")
+    log = _logger(run_dir, "replay", config)
     _say("replay", f"serving on port {server.port} (all interfaces, no authentication)")
     every = config.runtime.replay_checkpoint_every_seconds
     restored = rb.table_metrics(rb.server_info(client, 10.0), role="replay")
@@ -322,7 +323,7 @@ def run_learner_role(run_dir: Path, address: str, names: tuple[str, ...]) -> int
     status = RunStatus(run_dir)
     watch = TableWatch(client, names[0], plan.prefill_windows)
     actors_finished = functools.partial(status.all_finished, actor_roles(config))
-    reached = run_learners(job, sampler, store, {n: _logger(run_dir, n) for n in names}, status, stop,
+    reached = run_learners(job, sampler, store, {n: _logger(run_dir, n, config) for n in names}, status, stop,
                            no_more_data=lambda: actors_finished() and watch.sampling_blocked(),
                            replay_stats=watch.stats, actors_finished=actors_finished)
     _say(job.label, f"done: grad steps {reached}")
@@ -361,7 +362,7 @@ def run_actor_role(run_dir: Path, address: str, actor_id: int) -> int:
                              connect_timeout_s=r.replay_connect_timeout_seconds)
     store = rb.ParamStore(address, connect_timeout_s=r.rpc_timeout_seconds)
     try:
-        steps = run_actor(job, writer, store, _logger(run_dir, job.role), RunStatus(run_dir), stop)
+        steps = run_actor(job, writer, store, _logger(run_dir, job.role, config), RunStatus(run_dir), stop)
     finally:
         writer.close()
     _say(job.role, f"done: {steps:,} env steps")
@@ -393,6 +394,6 @@ def run_evaluator_role(run_dir: Path, address: str, learner: str) -> int:
         target_grad_steps=parts.plan.target_grad_steps, eval_every_env_steps=config.eval.eval_every_env_steps,
         key=parts.evaluator_key, rpc_timeout_seconds=r.rpc_timeout_seconds)
     store = rb.ParamStore(address, connect_timeout_s=r.replay_connect_timeout_seconds)
-    count = run_evaluator(job, store, _logger(run_dir, role), stop)
+    count = run_evaluator(job, store, _logger(run_dir, role, config), stop)
     _say(role, f"done: {count} evaluations")
     return 0

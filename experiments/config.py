@@ -97,6 +97,17 @@ class RunConfig:
     """Save a resumable checkpoint this often (and at the end and on Ctrl-C)."""
     quiet: bool = False
     """Do not print progress lines."""
+    log: str = "jsonl"
+    """Where metric rows go, comma-separated: jsonl (always on; what `depthrl report` reads), tensorboard
+    (RUN_DIR/tb/<role>/), wandb (optional package; one W&B run per depthrl run; WANDB_MODE=offline works offline)."""
+    wandb_group: Optional[str] = None
+    """W&B group of this run (`depthrl ablate` sets it to the grid's name)."""
+
+    @property
+    def sinks(self) -> tuple[str, ...]:
+        from experiments.tracking import parse_sinks
+
+        return parse_sinks(self.log)
 
 
 COLLECTOR = "collector"
@@ -212,6 +223,9 @@ class TrainConfig:
             raise ConfigError(f"checkpoint_every_seconds must be positive, got {self.run.checkpoint_every_seconds}")
         if self.run.resume and self.run.overwrite:
             raise ConfigError("--resume and --overwrite exclude each other")
+        from experiments.tracking import check_sinks
+
+        check_sinks(self.run.sinks)
 
 
 # --- the decoupled runtime (`depthrl run`) ---------------------------------------------------------------------------

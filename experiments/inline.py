@@ -26,7 +26,8 @@ from actors.envs.wrappers import TrainingEnv, TrainingEnvState
 from actors.rollout import evaluate, unroll
 from experiments.compose import RunParts
 from experiments.config import TrainConfig
-from experiments.metrics import JsonlLogger
+from experiments.metrics import JsonlLogger, make_logger
+from experiments.tracking import WandbRun, WandbSink, finish_wandb
 from learners.checkpoint import Checkpointer
 from learners.crl import CRLAgent, CRLState, LearnerSpec
 from learners.step import LearnerPlan, learner_row, prepare
@@ -205,8 +206,14 @@ def run_training(config: TrainConfig, run_dir: Path, learners: tuple[LearnerSpec
         checkpointer.save(step, state, {"wall_time": time.time() - start, "env_steps": step})
 
     start = time.time() - wall_offset
-    learner_logs = [JsonlLogger(run_dir / "metrics" / f"{n}.jsonl", n, start_time=start) for n in names]
-    eval_logs = [JsonlLogger(run_dir / "metrics" / f"eval_{n}.jsonl", f"eval_{n}", start_time=start) for n in names]
+    wandb_run = WandbRun(run_dir, run.wandb_group) if "wandb" in run.sinks else None
+
+    def logger(role: str) -> JsonlLogger:
+        extra = [WandbSink(wandb_run, role)] if wandb_run is not None else []
+        return make_logger(run_dir, role, run.sinks, start_time=start, extra=extra)
+
+    learner_logs = [logger(n) for n in names]
+    eval_logs = [logger(f"eval_{n}") for n in names]
     stop = _StopFlag()
     previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     plan = trainer.plan
@@ -253,6 +260,8 @@ def run_training(config: TrainConfig, run_dir: Path, learners: tuple[LearnerSpec
         for log in learner_logs + eval_logs:
             log.close()
         checkpointer.close()
+        if wandb_run is not None:
+            finish_wandb(wandb_run, run_dir, report=not stop.stop)
     if stop.stop:
         raise KeyboardInterrupt
     return last_eval

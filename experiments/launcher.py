@@ -30,6 +30,7 @@ from experiments.compose import LAUNCHER_PID_ENV, learner_processes
 from experiments.config import DecoupledConfig, parse_devices
 from experiments.metrics import read_jsonl
 from experiments.runs import EXIT_RUN_DIR_UNWRITABLE
+from experiments.tracking import WandbFeed, WandbRun, finish_wandb
 from replay.status import RunStatus
 
 SHUTDOWN_GRACE_SECONDS = 9.0
@@ -183,6 +184,8 @@ def build_roles(config: DecoupledConfig, run_dir: Path, replay_address: str, rep
     return roles
 
 
+WANDB_FEED_EVERY_SECONDS = 5.0
+"""How often the launcher sends the roles' new metric rows to W&B."""
 STALE_AFTER_SECONDS = 30.0
 """A role whose metrics file has not grown for this long is flagged in the progress table (a stall, not a crash)."""
 
@@ -264,6 +267,10 @@ def supervise(config: DecoupledConfig, run_dir: Path, roles: list[Role], quiet: 
     failed = ""
     last_progress = time.monotonic()
     max_restarts = config.runtime.max_restarts
+    # W&B: the roles log JSONL (and TensorBoard) in their own processes; the launcher alone feeds the run's one W&B run.
+    feed = WandbFeed(WandbRun(run_dir, config.run.wandb_group), run_dir / "metrics") \
+        if "wandb" in config.run.sinks else None
+    last_feed = time.monotonic()
     try:
         for role in roles:
             role.start()
@@ -310,6 +317,9 @@ def supervise(config: DecoupledConfig, run_dir: Path, roles: list[Role], quiet: 
             learners_and_evals = [r for r in roles if r.name.startswith(("learner:", "eval_"))]
             if all(r.done for r in learners_and_evals):
                 break
+            if feed is not None and now - last_feed > WANDB_FEED_EVERY_SECONDS:
+                feed.poll()
+                last_feed = now
             if not quiet and now - last_progress > config.runtime.progress_every_seconds:
                 table = progress_table(run_dir, config, roles)
                 if table:
@@ -322,6 +332,9 @@ def supervise(config: DecoupledConfig, run_dir: Path, roles: list[Role], quiet: 
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     RunStatus(run_dir).set("run", "stopped" if failed or stopping["signal"] else "finished")
+    if feed is not None:
+        feed.poll()
+        finish_wandb(feed.run, run_dir, report=not (failed or stopping["signal"]))
     if failed:
         print(f"depthrl run: {failed}", file=sys.stderr)
         print(f"depthrl run: fix the cause, then continue with: depthrl resume {run_dir}", file=sys.stderr)

@@ -7,18 +7,28 @@ import json
 import math
 import time
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Protocol, Sequence
+
+
+class Sink(Protocol):
+    """Another destination of the same rows (`experiments.tracking`: TensorBoard, W&B)."""
+
+    def write(self, row: Mapping[str, Any]) -> None: ...
+
+    def close(self) -> None: ...
 
 
 class JsonlLogger:
-    """Appends one JSON object per `log` call to `path`, flushed immediately (a crash loses at most one line)."""
+    """The logging seam of every role: appends one JSON object per `log` call to `path`, flushed immediately (a crash
+    loses at most one line), and hands the same row to each of its `sinks`."""
 
-    def __init__(self, path: Path, role: str, start_time: float | None = None) -> None:
+    def __init__(self, path: Path, role: str, start_time: float | None = None, sinks: Sequence[Sink] = ()) -> None:
         self.path = Path(path)
         self.role = role
         self.start_time = time.time() if start_time is None else start_time
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._file = open(self.path, "a", buffering=1)
+        self._sinks = tuple(sinks)
 
     def log(
         self, metrics: Mapping[str, Any], *, env_steps: int, grad_steps: int, param_version: int, wall_time: float | None = None
@@ -34,10 +44,24 @@ class JsonlLogger:
             value = float(value)
             row[f"{self.role}/{key}"] = value if math.isfinite(value) else None
         self._file.write(json.dumps(row) + "\n")
+        for sink in self._sinks:
+            sink.write(row)
         return row
 
     def close(self) -> None:
         self._file.close()
+        for sink in self._sinks:
+            sink.close()
+
+
+def make_logger(run_dir: Path, role: str, sinks: Sequence[str] = ("jsonl",), start_time: float | None = None,
+                extra: Sequence[Sink] = ()) -> JsonlLogger:
+    """`role`'s logger in `run_dir`: ``metrics/<role>.jsonl`` plus the TensorBoard sink when `sinks` names it, plus
+    `extra` sinks (the trainer's W&B sink)."""
+    from experiments.tracking import TensorBoardSink
+
+    chosen = [TensorBoardSink(run_dir, role)] if "tensorboard" in sinks else []
+    return JsonlLogger(Path(run_dir) / "metrics" / f"{role}.jsonl", role, start_time, [*chosen, *extra])
 
 
 def read_jsonl(path: Path) -> tuple[list[dict[str, Any]], int]:
