@@ -5,7 +5,8 @@ what is timed and how it is attributed behave as documented (hand-computed expec
 
 Running the benches themselves in ``--quick`` mode takes far more than the 20 s budget of a smoke test on the 2-core
 development machine (measured under load: replay_overhead 28-45 s, actor_overhead ~55 s, replay_memory ~2 min,
-end_to_end ~2 min, window_write_cost ~30 s; each starts a replay server and compiles a learner or a rollout), so that test is opt-in:
+end_to_end ~2 min, window_write_cost ~30 s, ray_overhead several minutes: five runs, three of them on Ray; each starts
+a replay server and compiles a learner or a rollout), so that test is opt-in:
 ``DEPTHRL_BENCH_SMOKE=1 pytest -m slow tests/integration/test_bench_smoke.py``.
 """
 
@@ -19,15 +20,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bench import actor_overhead, end_to_end, gpu_learner_step, replay_memory, replay_overhead, window_write_cost
+from bench import (actor_overhead, end_to_end, gpu_learner_step, ray_overhead, replay_memory, replay_overhead,
+                   window_write_cost)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BENCHES = ("replay_overhead", "actor_overhead", "replay_memory", "end_to_end", "gpu_learner_step",
-           "window_write_cost")
+           "window_write_cost", "ray_overhead")
+QUICK_TIMEOUT_SECONDS = {"ray_overhead": 900}
+"""Per bench, where 600 s is not enough for its --quick mode on 2 busy cores."""
 
 
 @pytest.mark.parametrize("module", [replay_overhead, actor_overhead, replay_memory, end_to_end, gpu_learner_step,
-                                    window_write_cost])
+                                    window_write_cost, ray_overhead])
 def test_quick_arguments_parse(module):
     args = module.parse_args(["--quick"])
     assert args.quick
@@ -144,6 +148,29 @@ def test_end_to_end_role_names_from_command_lines():
     assert end_to_end.role_of(["bash"]) == "other"
 
 
+def test_ray_overhead_reads_start_lines_and_names_ray_processes(tmp_path):
+    log = tmp_path / "learner_collector.log"
+    log.write_text("\n=== start 2026-01-02 03:04:05 pid 123 on node 127.0.0.1 (abc123) CUDA_VISIBLE_DEVICES='': python -m "
+                   "experiments.cli learner\nsome output\n=== start 2026-01-02 03:05:00 pid 456 on node 127.0.0.1 "
+                   "(def456) CUDA_VISIBLE_DEVICES='': python\n")
+    assert ray_overhead.ray_starts(log) == [(123, "127.0.0.1", "abc123"), (456, "127.0.0.1", "def456")]
+    # The local launcher's start lines count as starts too (no pid or node in them).
+    log.write_text(log.read_text() + "=== start 2026-01-02 03:06:00 restarts=1: python -m experiments.cli learner\n")
+    assert ray_overhead.start_count(log) == 3
+    assert ray_overhead.ray_kind(["ray::RoleHost.wait"]) == "role host workers"
+    assert ray_overhead.ray_kind(["ray::IDLE"]) == "idle workers"
+    assert ray_overhead.ray_kind(["/venv/lib/ray/core/src/ray/raylet/raylet", "--node_ip_address=127.0.0.1"]) == "raylet"
+    assert ray_overhead.ray_kind(["/venv/bin/python", "-u", "/venv/lib/ray/dashboard/agent.py"]) == "dashboard_agent"
+    assert ray_overhead.is_role([sys.executable, "-m", "experiments.cli", "actor", "--actor-id", "0"])
+    # 6 roles on 2 cores: each asks for a third of a CPU, rounded down, so all fit at once.
+    assert ray_overhead.role_share(2, 6) == 0.33 and ray_overhead.role_share(2, 6) * 6 <= 2
+
+
+def test_ray_overhead_steady_window_is_the_stretch_end_to_end_measures():
+    samples = [(float(t), 0.0, g, 0) for t, g in enumerate([0, 0, 10, 30, 50, 80, 95, 100])]
+    assert ray_overhead.steady_window(samples, 0.3, 0.9) == (3.0, 5.0)
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(os.environ.get("DEPTHRL_BENCH_SMOKE") != "1",
                     reason="minutes on 2 cores; opt in with DEPTHRL_BENCH_SMOKE=1")
@@ -152,6 +179,6 @@ def test_bench_quick_mode_runs(bench, tmp_path):
     env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), JAX_PLATFORMS="cpu")
     out = tmp_path / "out.json"
     proc = subprocess.run([sys.executable, f"bench/{bench}.py", "--quick", "--json-out", str(out)], cwd=REPO_ROOT,
-                          env=env, capture_output=True, text=True, timeout=600)
+                          env=env, capture_output=True, text=True, timeout=QUICK_TIMEOUT_SECONDS.get(bench, 600))
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert out.exists() and out.stat().st_size > 0
