@@ -177,8 +177,6 @@ def run_actor(job: ActorJob, writer: WindowWriter, store: ParamStore, log: Logge
                 pending = (collect(params, env_state, jax.random.fold_in(key, i + 1)), version)
             blocked += write_confirmed(writer, window, stop, job.role, job.rpc_timeout_seconds)
             env_steps = written
-            status.set(job.role, "finished" if env_steps >= job.budget_env_steps else "running",
-                       env_steps=env_steps)
             if coverage is not None:
                 coverage.add(np.asarray(spec.achieved_goal(spec.state_of(window.obs)))[..., :2])
                 if time.time() - last_coverage_save > COVERAGE_SAVE_EVERY_SECONDS:
@@ -189,9 +187,13 @@ def run_actor(job: ActorJob, writer: WindowWriter, store: ParamStore, log: Logge
                 params, version = newer.params, newer.version
                 versions_seen.add(version)
             elapsed = max(time.time() - rate_start, 1e-9)
+            # The row, then the status, back to back and after every wait: a role killed in between them (not during
+            # a bounded wait) is the only way the two disagree, and then by this one window at most.
             log.log({"env_steps_per_second": (env_steps - rate_steps) / elapsed, "blocked_seconds": blocked,
                      "success_rate": success_rate, "distinct_param_versions": len(versions_seen)},
                     env_steps=env_steps, grad_steps=version, param_version=version)
+            status.set(job.role, "finished" if env_steps >= job.budget_env_steps else "running",
+                       env_steps=env_steps)
             rate_start, rate_steps, blocked = time.time(), env_steps, 0.0
     except Stopped:
         pass

@@ -1,3 +1,1 @@
-"""Goal-conditioned environments. `quiet` runs first: it silences the physics libraries' start-up noise."""
-
-from actors.envs import quiet  # noqa: F401
+"""Goal-conditioned environments. Kept empty: `actors.coverage` imports `actors.envs.mazes` without JAX."""

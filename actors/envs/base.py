@@ -22,7 +22,8 @@ from __future__ import annotations
 
 import abc
 
-from brax.envs.base import Env, State
+from actors.envs import quiet  # noqa: F401  (before brax and mujoco are first imported: silences their start-up)
+from brax.envs.base import Env, State  # noqa: E402
 
 from replay.schema import GoalSpec  # defined with the data contract; re-exported here for the envs
 

@@ -6,8 +6,9 @@
   (an unexpected error) is printed as usual.
 - Brax warns at every system load that it is "not actively being maintained": a warnings filter for that message.
 
-Imported by `actors/envs/__init__.py`, so it runs before brax or mujoco is imported by any env module. It changes
-nothing for other messages, and never touches the process's stdout or stderr streams.
+Imported first by `actors/envs/base.py` and `actors/envs/registry.py` (every env module goes through them), so it runs
+before brax or mujoco is imported. It changes nothing for other messages, and never touches the process's stdout or
+stderr streams.
 """
 
 from __future__ import annotations

@@ -10,6 +10,7 @@ import dataclasses
 import importlib
 from typing import Any
 
+from actors.envs import quiet  # noqa: F401  (first: silences the physics libraries' start-up noise)
 from actors.envs.base import GoalEnv
 
 
