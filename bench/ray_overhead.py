@@ -81,6 +81,8 @@ START_LINE = re.compile(r"^=== start \S+ \S+ pid (\d+) on node (\S+) \((\w+)\)",
 """The line a Ray role host writes into the role's log after starting its process (`experiments.ray_host`)."""
 NODE_LOSS_RESOURCES = "learner=CPU:1,learner_slot:1;*=CPU:0.5"
 MIB = 2**20
+STARTUP_TIMEOUT_SECONDS = 180.0
+"""A driver writes its run directory once it has joined Ray and checked the cluster; not by then, it is stuck."""
 
 
 # ------------------------------------------------------------------------------------------------ reading a run
@@ -265,6 +267,8 @@ class TreeFootprint:
         names = sorted({k for s in inside for k in s["kinds"]})
         by_kind = {k: {m: statistics.median(s["kinds"].get(k, {}).get(m, 0) for s in inside)
                        for m in ("uss", "rss", "count")} for k in names}
+        # A kind seen in fewer than half of the samples (a child caught between fork and exec) has a median of 0.
+        by_kind = {k: v for k, v in by_kind.items() if v["count"] > 0}
         totals = [sum(v["uss"] for v in s["kinds"].values()) for s in self.samples]
         return {"samples": len(inside), "by_kind": by_kind,
                 "uss": statistics.median(sum(v["uss"] for v in s["kinds"].values()) for s in inside),
@@ -387,7 +391,8 @@ def wait_for_kill_point(process: subprocess.Popen, run_dir: Path, fraction: floa
                         log_path: Path) -> dict:
     """Block until the collector learner has saved a checkpoint after its first update and reached `fraction` of its
     target grad steps; returns where it stands."""
-    deadline = time.monotonic() + timeout_s
+    started = time.monotonic()
+    deadline = started + timeout_s
     metrics = run_dir / "metrics" / "collector.jsonl"
     target = 0
     while time.monotonic() < deadline:
@@ -395,11 +400,15 @@ def wait_for_kill_point(process: subprocess.Popen, run_dir: Path, fraction: floa
             raise RuntimeError(failure(process, log_path, "the run (before the kill point)"))
         if not target and (run_dir / "config.json").exists():
             target = target_grad_steps(run_dir)
+        if not target and time.monotonic() - started > STARTUP_TIMEOUT_SECONDS:
+            stop_driver(process)
+            raise RuntimeError(failure(process, log_path, f"the run, without a run directory after "
+                                                          f"{STARTUP_TIMEOUT_SECONDS:.0f} s (stopped),"))
         grad = max((int(r["grad_steps"]) for r in read_rows(metrics)), default=0)
         checkpoint = newest_checkpoint(run_dir / "checkpoints" / "collector")
         if target and checkpoint > 0 and grad >= fraction * target:
             if grad >= target:
-                raise RuntimeError(f"the collector reached its target ({target}) before a checkpoint: raise "
+                raise RuntimeError(f"the collector reached its target ({target}) before the kill point: raise "
                                    "--restart-env-steps")
             return {"grad_steps_at_kill": grad, "target_grad_steps": target, "checkpoint_update": checkpoint}
         time.sleep(0.2)
@@ -523,7 +532,10 @@ def node_loss_run(args: argparse.Namespace, work_dir: Path, env: dict[str, str])
         cluster.wait_for_nodes()
         cmd = run_command("ray", run_dir, args, args.restart_env_steps, ["--checkpoint-every-seconds", "5"],
                           ray_address=cluster.address, role_resources=NODE_LOSS_RESOURCES)
-        process = launch(cmd, log_path, env)
+        # ray.init(address="127.0.0.1:PORT") replaces a loopback host with this machine's routable IP, where nothing
+        # listens (every node is on 127.0.0.1), and would hang connecting. With this, Ray takes 127.0.0.1 for this
+        # machine's IP in the driver (it is read nowhere else than in that lookup and in `ray start`).
+        process = launch(cmd, log_path, {**env, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"})
         point = wait_for_kill_point(process, run_dir, args.kill_at, args.timeout_seconds, log_path)
         role_log = run_dir / "logs" / "learner_collector.log"
         _, _, lost = ray_starts(role_log)[-1]
@@ -661,12 +673,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--timeout-seconds", type=float, default=900.0, help="per run")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true",
-                        help="smoke mode: width 32, 16000 env steps, 16 slots, one pair, restart runs cut short")
+                        help="smoke mode: width 32, batch 64, 16 slots, one pair, restart runs cut short")
     parser.add_argument("--json-out", default="", help="also write the results as JSON to this path")
     parser.add_argument("--keep-dir", default="", help="write the runs here and keep them (default: a temp dir)")
     args = parser.parse_args(argv)
     if args.quick:
-        args.env_steps, args.num_envs, args.width, args.batch_size, args.num_eval_envs = 16000, 16, 32, 64, 8
+        # Tiny networks train ~600 grad steps/s here: a budget of 16000 env steps would be trained in under a
+        # second, too short for a steady stretch or a checkpoint before the kill. This one trains for ~20 s.
+        args.env_steps, args.num_envs, args.width, args.batch_size, args.num_eval_envs = 240_000, 16, 32, 64, 8
         args.unroll_length, args.repeats = 20, 1
     args.restart_env_steps = args.restart_env_steps or args.env_steps
     prefill = args.prefill_steps_per_env * args.num_envs
@@ -698,7 +712,10 @@ def main(argv: list[str] | None = None) -> dict:
         work_dir = Path(args.keep_dir or tmp).resolve()
         work_dir.mkdir(parents=True, exist_ok=True)
         env = dict(os.environ)
-        env.pop("RAY_ADDRESS", None)  # `--ray-address local` must start its own instance, whatever this shell joined
+        # `--ray-address local` calls ray.init() without an address, which joins the cluster in RAY_ADDRESS or in
+        # /tmp/ray/ray_current_cluster (every ray.cluster_utils.Cluster writes it: a test running now, or the node-loss
+        # run below) instead of starting one. RAY_ADDRESS=local makes it start its own; an explicit address wins.
+        env["RAY_ADDRESS"] = "local"
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)
         env["JAX_COMPILATION_CACHE_DIR"] = str(work_dir / "jax_cache")
         env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
