@@ -4,7 +4,7 @@ PYTHON ?= python3.11
 VENV   := .venv
 STAMP  := $(VENV)/.depthrl-installed
 
-.PHONY: demo test test-all bench clean-venv
+.PHONY: demo test test-all bench clean-venv setup-cuda12
 
 $(STAMP): requirements.lock pyproject.toml
 	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -24,3 +24,8 @@ test-all: $(STAMP)
 
 clean-venv:
 	rm -rf $(VENV)
+
+# Optional, for NVIDIA GPU hosts (CUDA 12): JAX's CUDA plugin next to the lock's jaxlib 0.7.1, and the CUDA libraries
+# from the package registry. TensorFlow stays the CPU build (Reverb needs only its runtime).
+setup-cuda12: $(STAMP)
+	$(VENV)/bin/python -m pip install --quiet --disable-pip-version-check "jax-cuda12-plugin[with-cuda]==0.7.1" jax-cuda12-pjrt==0.7.1

@@ -223,14 +223,42 @@ def open_grid(grid_dir: Path, spec: dict, runs: list[GridRun]) -> dict:
     return state
 
 
-def _command(run: GridRun, run_dir: Path) -> list[str]:
+def _command(run: GridRun, run_dir: Path, ray_address: str | None = None) -> list[str]:
     cli = [sys.executable, "-m", "experiments.cli"]
+    on_ray = ["--backend", "ray", "--ray-address", ray_address] if ray_address else []
     if (run_dir / "config.json").exists():
-        return [*cli, "resume", str(run_dir)]
-    return [*cli, "run", *run.argv, "--run-dir", str(run_dir), *(["--overwrite"] if run_dir.exists() else [])]
+        return [*cli, "resume", str(run_dir), *on_ray]
+    return [*cli, "run", *run.argv, *on_ray, "--run-dir", str(run_dir),
+            *(["--overwrite"] if run_dir.exists() else [])]
 
 
-def run_grid(grid_dir: Path, state: dict, runs: list[GridRun], parallel: int) -> int:
+def _option(args: list[str], flag: str) -> str | None:
+    """The last value given to `flag` in `args` (``--flag V`` or ``--flag=V``)."""
+    value = None
+    for i, arg in enumerate(args):
+        if arg == flag and i + 1 < len(args):
+            value = args[i + 1]
+        elif arg.startswith(flag + "="):
+            value = arg.split("=", 1)[1]
+    return value
+
+
+def grid_ray_address(run_args: list[str]) -> str | None:
+    """With --backend ray, the address every run of the grid joins: one cluster for the whole grid, so that Ray
+    packs the runs' roles onto its GPUs and CPUs and queues what does not fit. 'local' starts that cluster here."""
+    if _option(run_args, "--backend") != "ray":
+        return None
+    from experiments import ray_backend
+
+    address = _option(run_args, "--ray-address") or "local"
+    ray_backend.connect(address)
+    import ray
+
+    return ray.get_runtime_context().gcs_address
+
+
+def run_grid(grid_dir: Path, state: dict, runs: list[GridRun], parallel: int,
+             ray_address: str | None = None) -> int:
     """Run every run that is not done, `parallel` at a time; grid.json tracks statuses. Returns an exit code."""
     grid_dir.mkdir(parents=True, exist_ok=True)
     (grid_dir / "runs").mkdir(exist_ok=True)
@@ -249,7 +277,7 @@ def run_grid(grid_dir: Path, state: dict, runs: list[GridRun], parallel: int) ->
                 run = todo.pop(0)
                 run_dir = grid_dir / "runs" / run.name
                 run_dir.parent.mkdir(parents=True, exist_ok=True)
-                command = _command(run, run_dir)
+                command = _command(run, run_dir, ray_address)
                 verb = "resuming" if command[3] == "resume" else "starting"
                 print(f"depthrl ablate: {verb} {run.name} ({len(runs) - len(todo) - skipped}/{len(runs) - skipped})",
                       file=sys.stderr, flush=True)
@@ -312,7 +340,12 @@ def main(argv: list[str]) -> int:
             print(f"{run.name:<28} {status:<12} depthrl run {' '.join(run.argv)}")
         return 0
     signal.signal(signal.SIGTERM, _raise_interrupt)  # SIGTERM stops the grid as cleanly as Ctrl-C
-    code = run_grid(grid_dir, state, runs, args.parallel)
+    try:
+        ray_address = grid_ray_address(list(spec["run_args"]))
+    except ValueError as e:  # ConfigError: the cluster cannot be reached
+        print(f"depthrl: error: {e}", file=sys.stderr)
+        return 2
+    code = run_grid(grid_dir, state, runs, args.parallel, ray_address)
     if code != 0 or args.no_report:
         return code
     from analysis.report import main as report

@@ -19,6 +19,7 @@ commands:
   ablate     a collector-depth x learner-depth grid of runs (resumable): depthrl ablate --preset demo
   report     tables and figures of a run or grid directory: depthrl report DIR
   render     an HTML viewer and (mazes) a top-down PNG of a rollout: depthrl render --env ant_u_maze
+  slurm      an sbatch script running a run or grid on Ray across a SLURM allocation: depthrl slurm -- run ...
 
 roles of a run (started by `run`; also by hand, e.g. on other hosts):
   replay     --run-dir D --port P
@@ -150,13 +151,14 @@ def cmd_run(argv: list[str]) -> int:
         )
         check_run_dir(run_dir, resume=False, overwrite=run.overwrite)
         _check_port(config)
+        requests = _check_backend(config, run_dir)
     except (ConfigError, RunDirError) as e:
         return _fail(str(e))
     prepare_run_dir(run_dir, overwrite=run.overwrite)
     config = dataclasses.replace(config, run=dataclasses.replace(run, run_dir=run_dir))
     write_config(run_dir, "run", config)
     print(f"depthrl run: run dir {run_dir}", file=sys.stderr)
-    return _launch(config, Path(run_dir))
+    return _launch(config, Path(run_dir), requests)
 
 
 def _check_port(config) -> None:
@@ -168,7 +170,27 @@ def _check_port(config) -> None:
         raise ConfigError(f"replay_port {port} is already in use; pick another or pass 0 for a free one")
 
 
-def _launch(config, run_dir: Path) -> int:
+def _check_backend(config, run_dir: Path):
+    """With --backend ray: join the cluster and check, before anything is written, that every role's resources exist
+    on some node and that every node sees the run directory. Returns the roles' requests (None for local)."""
+    if config.runtime.backend != "ray":
+        return None
+    from experiments import ray_backend
+
+    ray_backend.connect(config.runtime.ray_address)
+    requests = ray_backend.check_cluster(config, ray_backend.role_names(config))
+    probe = Path(run_dir).absolute()
+    while not probe.is_dir():
+        probe = probe.parent
+    ray_backend.check_run_dir_visible(probe)
+    return requests
+
+
+def _launch(config, run_dir: Path, requests=None) -> int:
+    if config.runtime.backend == "ray":
+        from experiments.ray_backend import supervise_on_ray
+
+        return supervise_on_ray(config, run_dir, requests)
     if config.runtime.inline:
         from experiments.inline import run_training
 
@@ -200,19 +222,26 @@ def cmd_resume(argv: list[str]) -> int:
 
     parser = argparse.ArgumentParser(prog="depthrl resume", description="Continue a stopped decoupled run.")
     parser.add_argument("run_dir", type=Path)
+    parser.add_argument("--backend", choices=("local", "ray"), default=None,
+                        help="run the roles on another backend than the run started on")
+    parser.add_argument("--ray-address", default=None, help="with --backend ray: local, auto or HOST:PORT")
     args = parser.parse_args(argv)
     try:
         check_run_dir(args.run_dir, resume=True, overwrite=False)
         config = load_run_config(args.run_dir)
+        overrides = {k: v for k, v in (("backend", args.backend), ("ray_address", args.ray_address)) if v is not None}
+        if overrides:
+            config = dataclasses.replace(config, runtime=dataclasses.replace(config.runtime, **overrides))
         config.validate()
         _check_port(config)
+        requests = _check_backend(config, args.run_dir)
         from experiments.resume import check_resume_state, upgrade_v1_status
 
         check_resume_state(args.run_dir, config)
         upgrade_v1_status(args.run_dir, config)
     except (ConfigError, RunDirError) as e:
         return _fail(str(e))
-    return _launch(config, args.run_dir)
+    return _launch(config, args.run_dir, requests)
 
 
 def _run_role(role: str, run: Callable[[], int]) -> int:
@@ -393,6 +422,7 @@ COMMANDS: dict[str, Callable[[list[str]], int]] = {
     "ablate": _delegate("experiments.ablate:main"),
     "report": _delegate("analysis.report:main"),
     "render": _delegate("experiments.render:main"),
+    "slurm": _delegate("experiments.slurm:main"),
 }
 
 

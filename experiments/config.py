@@ -280,6 +280,17 @@ class RuntimeConfig:
     None leaves every role on the default device (CPU here)."""
     gpu_memory_fraction: Optional[float] = None
     """XLA_PYTHON_CLIENT_MEM_FRACTION for each role when several share a GPU."""
+    backend: Literal["local", "ray"] = "local"
+    """'local': every role is a subprocess of this launcher, on this machine. 'ray': every role runs as a process on
+    the Ray node its --role-resources demand (GPU boxes, clusters; see README "Scale out")."""
+    ray_address: str = "local"
+    """With --backend ray: 'local' starts a Ray instance on this machine, 'auto' joins the cluster this machine is
+    part of (`ray start`), HOST:PORT joins the cluster whose head listens there."""
+    role_resources: Optional[str] = None
+    """With --backend ray: what each role asks Ray for, e.g. 'learner=GPU:1,CPU:2;actor=CPU:4;replay=CPU:2,memory:8G;
+    evaluator=GPU:0.25'. Keys: replay, learner, actor, evaluator, a role name (collector, eval_learner_d4, actor_0)
+    or *; values: CPU, GPU (fractions share a GPU and set the XLA memory fraction), memory (K/M/G/T), any custom
+    resource of the cluster, label.KEY=VALUE. Unset: CPU:1 per role."""
 
     def learner_names(self) -> tuple[str, ...]:
         return (COLLECTOR,) + tuple(learner_name(d) for d in self.learner_depths)
@@ -353,6 +364,21 @@ class DecoupledConfig:
             raise ConfigError(f"gpu_memory_fraction must be in (0, 1], got {r.gpu_memory_fraction}")
         if r.devices is not None:
             parse_devices(r.devices, r)
+        if r.backend not in ("local", "ray"):
+            raise ConfigError(f"backend must be 'local' or 'ray', got {r.backend!r}")
+        if r.backend == "ray":
+            from experiments.ray_backend import parse_role_resources
+
+            for other, name in ((r.inline, "--inline"), (r.devices, "--devices"), (r.replay_address, "--replay-address"),
+                                (r.replay_port, "--replay-port")):
+                if other:
+                    raise ConfigError(f"{name} does not go with --backend ray (Ray places every role, GPUs through "
+                                      "--role-resources, and the replay server picks its port)")
+            parse_role_resources(r.role_resources, ["replay", *(s.name for s in self.learners),
+                                                    *(f"eval_{s.name}" for s in self.learners),
+                                                    *(f"actor_{i}" for i in range(r.actors))])
+        elif r.role_resources is not None:
+            raise ConfigError("--role-resources needs --backend ray")
         self.as_train_config().validate()
         for learner in self.learners:
             learner.validate()

@@ -25,6 +25,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 from experiments.compose import LAUNCHER_PID_ENV, learner_processes
 from experiments.config import DecoupledConfig, parse_devices
@@ -91,6 +92,8 @@ class Role:
     """How the last attempt ended, in words (e.g. 'was killed by SIGKILL')."""
     restart_at: float | None = None
     """time.monotonic() at which a crashed role is started again; None while it runs (or is done)."""
+    relaunch_requested: bool = False
+    """Set when the supervisor stopped the role on purpose: its exit is not a failure; it starts again at once."""
 
     def start(self) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -111,6 +114,26 @@ class Role:
             except ProcessLookupError:
                 pass
 
+    def wait(self, timeout_s: float) -> bool:
+        """True once the process has ended (waiting at most `timeout_s`)."""
+        if self.process is None:
+            return True
+        try:
+            self.process.wait(timeout=timeout_s)
+            return True
+        except subprocess.TimeoutExpired:
+            return False
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+    @property
+    def where(self) -> str:
+        """Where the role runs (the Ray backend names the node; the local launcher runs everything here)."""
+        return ""
+
     def tail(self, lines: int = 15) -> str:
         try:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
@@ -118,7 +141,13 @@ class Role:
             return ""
 
 
+ROLE_HOST_LOST = -1000
+"""Exit code the Ray backend reports for a role whose host (its Ray actor, or the whole node) was lost."""
+
+
 def describe_exit(code: int) -> str:
+    if code == ROLE_HOST_LOST:
+        return "was lost with its node (or its Ray actor died)"
     if code < 0:
         try:
             return f"was killed by {signal.Signals(-code).name}"
@@ -239,6 +268,8 @@ def progress_table(run_dir: Path, config: DecoupledConfig, roles: list[Role] | N
                     parts.append(f"{table}: size {size:.0f} inserted {inserted:,.0f} samples_wait_s "
                                  f"{samples_wait:.0f} inserts_wait_s {inserts_wait:.0f}")
         launched = _launcher_role(roles or [], role)
+        if launched is not None and launched.where:
+            parts.append(f"on {launched.where}")
         if launched is not None and launched.restarts:
             parts.append(f"restarts {launched.restarts}")
         if launched is not None and launched.restart_at is not None:
@@ -255,9 +286,12 @@ def progress_table(run_dir: Path, config: DecoupledConfig, roles: list[Role] | N
     return "\n".join(lines)
 
 
-def supervise(config: DecoupledConfig, run_dir: Path, roles: list[Role], quiet: bool = False) -> int:
+def supervise(config: DecoupledConfig, run_dir: Path, roles: list[Role], quiet: bool = False,
+              on_started: Callable[[Role, list[Role]], None] | None = None, started: bool = False) -> int:
     """Run until every learner and evaluator has finished; restart crashed roles (bounded, with backoff, without
-    blocking the loop); stop on a signal. Exit code 0 done, 1 a role failed too often, 130 stopped by a signal."""
+    blocking the loop); stop on a signal. Exit code 0 done, 1 a role failed too often, 130 stopped by a signal.
+    `on_started(role, roles)` is called after each restart (the Ray backend re-points clients at a moved server);
+    `started`: the roles were started by the caller."""
     stopping = {"signal": 0}
 
     def on_signal(signum, frame):
@@ -272,9 +306,10 @@ def supervise(config: DecoupledConfig, run_dir: Path, roles: list[Role], quiet: 
         if "wandb" in config.run.sinks else None
     last_feed = time.monotonic()
     try:
-        for role in roles:
-            role.start()
-        replay = [r for r in roles if r.name == "replay"]
+        if not started:
+            for role in roles:
+                role.start()
+        replay = [r for r in roles if r.name == "replay" and "--port" in r.argv]
         if replay:
             port = replay[0].argv[replay[0].argv.index("--port") + 1]
             print(f"depthrl run: replay server on port {port}, listening on all interfaces without authentication "
@@ -290,9 +325,15 @@ def supervise(config: DecoupledConfig, run_dir: Path, roles: list[Role], quiet: 
                     if now >= role.restart_at:
                         role.restart_at = None
                         role.start()
+                        if on_started is not None:
+                            on_started(role, roles)
                     continue
                 code = role.poll()
                 if code is None:
+                    continue
+                if role.relaunch_requested:  # stopped on purpose (its replay server moved): start it again now
+                    role.relaunch_requested = False
+                    role.restart_at = now
                     continue
                 if code == 0:
                     role.done = True
@@ -356,21 +397,12 @@ def shutdown(roles: list[Role]) -> None:
             role.signal(signal.SIGTERM)
     deadline = time.time() + SHUTDOWN_GRACE_SECONDS * 0.7
     for role in order:
-        if role.name == "replay" or role.process is None:
-            continue
-        try:
-            role.process.wait(timeout=max(deadline - time.time(), 0.1))
-        except subprocess.TimeoutExpired:
-            pass
+        if role.name != "replay":
+            role.wait(max(deadline - time.time(), 0.1))
     for role in order:
         if role.name == "replay":
             role.signal(signal.SIGTERM)
     deadline = time.time() + SHUTDOWN_GRACE_SECONDS * 0.3
     for role in order:
-        if role.process is None:
-            continue
-        try:
-            role.process.wait(timeout=max(deadline - time.time(), 0.1))
-        except subprocess.TimeoutExpired:
-            role.process.kill()
-            role.process.wait()
+        if not role.wait(max(deadline - time.time(), 0.1)):
+            role.kill()

@@ -1,0 +1,260 @@
+"""`depthrl run --backend ray` on a real Ray cluster of simulated nodes on this host (`ray.cluster_utils.Cluster`).
+
+Nodes declare what a GPU box or a cluster would: a replay node, a node with 2 (declared) GPUs, an actor node; every
+role must run on the node its `--role-resources` demand, each learner with its own CUDA_VISIBLE_DEVICES. All nodes
+listen on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+SMALL = ["--env", "point_u_maze", "--num-envs", "16", "--batch-size", "64", "--prefill-steps-per-env", "100",
+         "--width", "32", "--num-eval-envs", "8", "--param-publish-every-grad-steps", "4", "--quiet",
+         "--rpc-timeout-seconds", "20", "--checkpoint-every-seconds", "10"]
+START = re.compile(r"^=== start \S+ \S+ pid (\d+) on node (\S+) \((\w+)\) CUDA_VISIBLE_DEVICES=(\S+):", re.M)
+
+
+def env() -> dict[str, str]:
+    e = dict(os.environ)
+    e["PYTHONPATH"] = str(REPO) + os.pathsep + e.get("PYTHONPATH", "")
+    e["JAX_PLATFORMS"] = "cpu"
+    return e
+
+
+def starts(log: Path) -> list[tuple[int, str, str]]:
+    """(pid, node id, CUDA_VISIBLE_DEVICES) of every start of a role, from its log's start lines."""
+    return [(int(pid), node_id, cuda) for pid, _, node_id, cuda in START.findall(log.read_text())]
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    ray = pytest.importorskip("ray")
+    from ray.cluster_utils import Cluster
+
+    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "resources": {"replay_node": 1},
+                                                       "node_ip_address": "127.0.0.1", "include_dashboard": False})
+    gpu = c.add_node(num_cpus=3, num_gpus=2, resources={"gpu_node": 1}, node_ip_address="127.0.0.1")
+    actor = c.add_node(num_cpus=2, resources={"actor_node": 1}, node_ip_address="127.0.0.1")
+    c.wait_for_nodes()
+    yield {"cluster": c, "address": c.address, "replay": c.head_node.node_id, "gpu": gpu.node_id,
+           "actor": actor.node_id}
+    if ray.is_initialized():
+        ray.shutdown()
+    c.shutdown()
+
+
+def run_cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "experiments.cli", *args], cwd=REPO, env=env(), capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def test_every_role_runs_where_its_resources_are(cluster, tmp_path):
+    run_dir = tmp_path / "run"
+    resources = ("replay=CPU:1,replay_node:1;learner=GPU:1,CPU:1;actor=CPU:1,actor_node:1;"
+                 "evaluator=CPU:0.5,gpu_node:0.1")
+    proc = run_cli("run", "--backend", "ray", "--ray-address", cluster["address"], "--role-resources", resources,
+                   "--run-dir", str(run_dir), "--collector-depth", "4", "--learner-depths", "4", "--env-steps",
+                   "8000", "--eval-every-env-steps", "4000", *SMALL)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    logs = run_dir / "logs"
+    placed = {log.stem: starts(log) for log in logs.glob("*.log")}
+    assert set(placed) == {"replay", "learner_collector", "learner_learner_d4", "eval_collector",
+                           "eval_learner_d4", "actor_0"}, sorted(placed)
+    where = {role: {node for _, node, _ in s} for role, s in placed.items()}
+    assert where["replay"] == {cluster["replay"]}
+    assert where["learner_collector"] == where["learner_learner_d4"] == {cluster["gpu"]}
+    assert where["eval_collector"] == where["eval_learner_d4"] == {cluster["gpu"]}
+    assert where["actor_0"] == {cluster["actor"]}
+    # Each learner saw its own GPU; roles without a GPU see none.
+    gpus = sorted(placed[f"learner_{n}"][0][2] for n in ("collector", "learner_d4"))
+    assert gpus == ["'0'", "'1'"], gpus
+    assert {placed[r][0][2] for r in ("replay", "actor_0", "eval_collector")} == {"''"}
+    # The run finished: learners at their targets, evaluators saw the final params, the run's status says done.
+    status = json.loads((run_dir / "status" / "run.json").read_text())
+    assert status["state"] == "finished"
+    for name in ("collector", "learner_d4"):
+        learner = json.loads((run_dir / "status" / f"{name}.json").read_text())
+        assert learner["state"] == "finished", learner
+
+
+@pytest.mark.parametrize("resources, expected", [
+    ("learner=GPU:4", ["role learner:collector asks for GPU:4", "the largest node", "GPU:2"]),
+    ("actor=TPU:1", ["role actor_0 asks for resource 'TPU'", "which no node of the cluster has"]),
+    ("learner=GPU", ["role_resources: 'GPU' in 'learner' must be NAME:AMOUNT"]),
+    ("trainer=CPU:1", ["role_resources: 'trainer=CPU:1' must be ROLE=NAME:AMOUNT"]),
+])
+def test_requests_no_node_can_satisfy_are_refused_before_start(cluster, tmp_path, resources, expected):
+    run_dir = tmp_path / "run"
+    proc = run_cli("run", "--backend", "ray", "--ray-address", cluster["address"], "--role-resources", resources,
+                   "--run-dir", str(run_dir), "--env-steps", "8000", *SMALL, timeout=180)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    for text in expected:
+        assert text in proc.stderr, proc.stderr[-3000:]
+    assert not run_dir.exists()
+
+
+def test_unreachable_ray_address_is_refused_before_start(tmp_path):
+    import portpicker
+
+    run_dir = tmp_path / "run"
+    port = portpicker.pick_unused_port()  # nothing listens there
+    proc = run_cli("run", "--backend", "ray", "--ray-address", f"127.0.0.1:{port}", "--run-dir", str(run_dir),
+                   "--env-steps", "8000", *SMALL, timeout=120)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert f"ray_address 127.0.0.1:{port}: no Ray cluster answers there" in proc.stderr
+    assert not run_dir.exists()
+
+
+def named_hosts() -> list[str]:
+    """The depthrl role hosts alive on the cluster (named actors in the depthrl namespace)."""
+    import ray
+
+    return [a["name"] for a in ray.util.list_named_actors(all_namespaces=True) if a["namespace"] == "depthrl"]
+
+
+def wait_for(predicate, timeout: float, poll: float = 0.5) -> bool:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(poll)
+    return False
+
+
+def rows(path: Path) -> list[dict]:
+    out = []
+    for line in path.read_text().splitlines() if path.exists() else []:
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            pass
+    return out
+
+
+def test_sigint_leaves_no_host_behind_and_resume_finishes(cluster, tmp_path):
+    import signal
+    import time
+
+    import ray
+
+    ray.init(address=cluster["address"], namespace="depthrl-test", log_to_driver=False)
+    run_dir = tmp_path / "run"
+    args = ["run", "--backend", "ray", "--ray-address", cluster["address"], "--run-dir", str(run_dir),
+            "--collector-depth", "4", "--learner-depths", "4", "--env-steps", "12000", "--eval-every-env-steps",
+            "4000", "--role-resources", "*=CPU:0.5", *SMALL]
+    driver = subprocess.Popen([sys.executable, "-m", "experiments.cli", *args], cwd=REPO, env=env(),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert wait_for(lambda: len(rows(run_dir / "metrics" / "learner_d4.jsonl")) >= 2 or driver.poll() is not None,
+                        timeout=300), "no learner rows within 300 s"
+        assert driver.poll() is None, driver.communicate()[1][-3000:]
+        assert len(named_hosts()) == 6, named_hosts()
+        driver.send_signal(signal.SIGINT)
+        sent = time.monotonic()
+        assert driver.wait(timeout=30) == 130
+        assert wait_for(lambda: named_hosts() == [], timeout=10 - (time.monotonic() - sent), poll=0.2), named_hosts()
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+    proc = run_cli("resume", str(run_dir), timeout=600)  # the recorded backend and cluster address
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert json.loads((run_dir / "status" / "run.json").read_text())["state"] == "finished"
+    assert named_hosts() == []
+    grad = [r["grad_steps"] for r in rows(run_dir / "metrics" / "collector.jsonl")]
+    assert grad and grad[-1] > 0
+
+
+def test_killed_learner_and_lost_nodes_come_back_and_the_run_finishes(tmp_path):
+    """A learner's process killed with SIGKILL, then the node of the collector learner lost (and with it, possibly,
+    the replay server): the roles come back on the nodes that remain, learners from their checkpoints."""
+    import signal
+
+    ray = pytest.importorskip("ray")
+    from ray.cluster_utils import Cluster
+
+    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 4, "node_ip_address": "127.0.0.1",
+                                                       "include_dashboard": False})
+    nodes = {}
+    for _ in range(2):
+        node = c.add_node(num_cpus=3, resources={"learner_slot": 2, "replay_slot": 1}, node_ip_address="127.0.0.1")
+        nodes[node.node_id] = node
+    c.wait_for_nodes()
+    run_dir = tmp_path / "run"
+    args = ["run", "--backend", "ray", "--ray-address", c.address, "--run-dir", str(run_dir), "--collector-depth",
+            "4", "--learner-depths", "4", "--env-steps", "20000", "--eval-every-env-steps", "8000",
+            "--checkpoint-every-seconds", "5", "--max-restarts", "4", "--role-resources",
+            "learner=CPU:1,learner_slot:1;replay=CPU:1,replay_slot:1;*=CPU:0.5", *SMALL]
+    driver = subprocess.Popen([sys.executable, "-m", "experiments.cli", *args], cwd=REPO, env=env(),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        checkpoints = run_dir / "checkpoints" / "learner_d4"
+        assert wait_for(lambda: checkpoints.is_dir() and any(p.name.isdigit() and p.name != "0"
+                                                             for p in checkpoints.iterdir()), timeout=300)
+        pid, _, _ = starts(run_dir / "logs" / "learner_learner_d4.log")[-1]
+        os.kill(pid, signal.SIGKILL)
+        collector_checkpoints = run_dir / "checkpoints" / "collector"
+        assert wait_for(lambda: len(starts(run_dir / "logs" / "learner_learner_d4.log")) == 2, timeout=120)
+        assert wait_for(lambda: collector_checkpoints.is_dir() and any(
+            p.name.isdigit() and p.name != "0" for p in collector_checkpoints.iterdir()), timeout=300)
+        _, collector_node, _ = starts(run_dir / "logs" / "learner_collector.log")[-1]
+        c.remove_node(nodes[collector_node], allow_graceful=False)
+        out, err = driver.communicate(timeout=900)
+        assert driver.returncode == 0, err[-5000:]
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+        c.shutdown()
+    collector_starts = starts(run_dir / "logs" / "learner_collector.log")
+    assert len(collector_starts) >= 2 and collector_starts[-1][1] != collector_node
+    assert "was lost with its node" in err
+    for name in ("collector", "learner_d4"):
+        grad = [r["grad_steps"] for r in rows(run_dir / "metrics" / f"{name}.jsonl")]
+        # A restart redoes the steps since the checkpoint it resumed from, never the run from its first update.
+        redone_from = [after for before, after in zip(grad, grad[1:]) if after <= before]
+        assert all(step > grad[0] for step in redone_from) and grad[-1] > grad[0], (name, redone_from, grad[:5])
+        status = json.loads((run_dir / "status" / f"{name}.json").read_text())
+        assert status["state"] == "finished", status
+
+
+def test_grid_on_a_cluster_queues_a_run_until_the_gpus_are_free(tmp_path):
+    """Two runs that each need both (declared) GPUs of the cluster, started together: Ray queues the second run's
+    learners until the first run's are gone; both runs end done."""
+    import datetime
+
+    pytest.importorskip("ray")
+    from ray.cluster_utils import Cluster
+
+    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 6, "num_gpus": 2, "node_ip_address": "127.0.0.1",
+                                                       "include_dashboard": False})
+    grid = tmp_path / "grid"
+    try:
+        proc = run_cli("ablate", "--collector-depths", "4,8", "--learner-depths", "4", "--seeds", "1", "--parallel",
+                       "2", "--grid-dir", str(grid), "--no-report", "--backend", "ray", "--ray-address", c.address,
+                       "--role-resources", "learner=GPU:1;*=CPU:0.5", "--env-steps", "6000",
+                       "--eval-every-env-steps", "3000", *SMALL, timeout=900)
+        assert proc.returncode == 0, proc.stderr[-5000:]
+    finally:
+        c.shutdown()
+    state = json.loads((grid / "grid.json").read_text())
+    assert {name: run["status"] for name, run in state["runs"].items()} == {"c4_s0": "done", "c8_s0": "done"}
+
+    def learner_span(run: str) -> tuple[datetime.datetime, datetime.datetime]:
+        logs = [grid / "runs" / run / "logs" / f"learner_{n}.log" for n in ("collector", "learner_d4")]
+        begin = min(datetime.datetime.fromisoformat(" ".join(log.read_text().split("=== start ")[1].split()[:2]))
+                    for log in logs)
+        statuses = [grid / "runs" / run / "status" / f"{n}.json" for n in ("collector", "learner_d4")]
+        end = max(datetime.datetime.fromtimestamp(json.loads(p.read_text())["wall_time"]) for p in statuses)
+        return begin, end
+
+    (first_begin, first_end), (second_begin, second_end) = sorted(learner_span(r) for r in ("c4_s0", "c8_s0"))
+    assert second_begin >= first_end.replace(microsecond=0), (first_end, second_begin)  # never both on the GPUs
