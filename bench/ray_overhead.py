@@ -3,7 +3,8 @@ Ray's own memory, and how fast a killed collector learner comes back (process ki
 
     python bench/ray_overhead.py                 # point_u_maze, collector d4 + passive d4: 2 pairs + 3 restart runs
     python bench/ray_overhead.py --repeats 3 --env-steps 60000
-    python bench/ray_overhead.py --quick         # smoke run: tiny networks and budgets, one pair, runs cut short
+    python bench/ray_overhead.py --quick         # smoke run: tiny networks, one pair, runs cut short (~5 min)
+    python bench/ray_overhead.py --quick --skip throughput,restart   # only the node loss
 
 What runs: the real CLI as subprocesses, with the settings and flags of bench/end_to_end.py (`end_to_end.command`,
 its ``decoupled`` mode: replay server, one learner process per learner, one evaluator per learner, ``--actors``

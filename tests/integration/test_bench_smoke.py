@@ -5,7 +5,7 @@ what is timed and how it is attributed behave as documented (hand-computed expec
 
 Running the benches themselves in ``--quick`` mode takes far more than the 20 s budget of a smoke test on the 2-core
 development machine (measured under load: replay_overhead 28-45 s, actor_overhead ~55 s, replay_memory ~2 min,
-end_to_end ~2 min, window_write_cost ~30 s, ray_overhead several minutes: five runs, three of them on Ray; each starts
+end_to_end ~2 min, window_write_cost ~30 s, ray_overhead ~4.5 min: five runs, three of them on Ray; each starts
 a replay server and compiles a learner or a rollout), so that test is opt-in:
 ``DEPTHRL_BENCH_SMOKE=1 pytest -m slow tests/integration/test_bench_smoke.py``.
 """
