@@ -174,21 +174,26 @@ def plan_grid(args: argparse.Namespace, run_args: list[str]) -> tuple[dict, list
     return spec, runs
 
 
-def validate_run(run: GridRun) -> None:
-    """Parse and validate a run's config exactly as `depthrl run` will, without starting or writing anything."""
+def run_config(run: GridRun):
+    """A run's `DecoupledConfig`, parsed exactly as `depthrl run` parses it (GridError on bad options)."""
     import tyro
 
     from experiments.cli import _split_commas
     from experiments.config import DecoupledConfig
-    from learners.networks import ConfigError
 
     argv = _split_commas(list(run.argv), ("--learner-depths",))
     try:
-        config = tyro.cli(DecoupledConfig, args=argv, prog="depthrl run", config=(tyro.conf.OmitArgPrefixes,))
+        return tyro.cli(DecoupledConfig, args=argv, prog="depthrl run", config=(tyro.conf.OmitArgPrefixes,))
     except SystemExit as e:  # tyro printed the message (unknown option, bad value)
         raise GridError(f"run {run.name}: bad `depthrl run` options (see the message above)") from e
+
+
+def validate_run(run: GridRun) -> None:
+    """Parse and validate a run's config exactly as `depthrl run` will, without starting or writing anything."""
+    from learners.networks import ConfigError
+
     try:
-        config.validate()
+        run_config(run).validate()
     except ConfigError as e:
         raise GridError(f"run {run.name}: {e}") from None
 
@@ -243,15 +248,18 @@ def _option(args: list[str], flag: str) -> str | None:
     return value
 
 
-def grid_ray_address(run_args: list[str]) -> str | None:
+def grid_ray_address(run_args: list[str], runs: list[GridRun]) -> str | None:
     """With --backend ray, the address every run of the grid joins: one cluster for the whole grid, so that Ray
-    packs the runs' roles onto its GPUs and CPUs and queues what does not fit. 'local' starts that cluster here."""
+    packs the runs' roles onto its GPUs and CPUs and queues what does not fit. 'local' starts that cluster here,
+    with CPUs for at least one run's roles."""
     if _option(run_args, "--backend") != "ray":
         return None
     from experiments import ray_backend
 
     address = _option(run_args, "--ray-address") or "local"
-    ray_backend.connect(address)
+    cpus = max(sum(r.resources.get("CPU", 0.0) for r in ray_backend.role_requests(run_config(run)).values())
+               for run in runs)
+    ray_backend.connect(address, cpus)
     import ray
 
     return ray.get_runtime_context().gcs_address
@@ -341,7 +349,7 @@ def main(argv: list[str]) -> int:
         return 0
     signal.signal(signal.SIGTERM, _raise_interrupt)  # SIGTERM stops the grid as cleanly as Ctrl-C
     try:
-        ray_address = grid_ray_address(list(spec["run_args"]))
+        ray_address = grid_ray_address(list(spec["run_args"]), runs)
     except ValueError as e:  # ConfigError: the cluster cannot be reached
         print(f"depthrl: error: {e}", file=sys.stderr)
         return 2

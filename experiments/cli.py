@@ -177,8 +177,9 @@ def _check_backend(config, run_dir: Path):
         return None
     from experiments import ray_backend
 
-    ray_backend.connect(config.runtime.ray_address)
-    requests = ray_backend.check_cluster(config, ray_backend.role_names(config))
+    requests = ray_backend.role_requests(config)
+    ray_backend.connect(config.runtime.ray_address, sum(r.resources.get("CPU", 0.0) for r in requests.values()))
+    ray_backend.check_cluster(requests)
     probe = Path(run_dir).absolute()
     while not probe.is_dir():
         probe = probe.parent

@@ -21,6 +21,8 @@ them; the driver kills all of them when it exits, whatever the reason.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import math
 import os
 import re
 import signal
@@ -179,18 +181,26 @@ def check_reachable(address: str, timeout_s: float = 3.0) -> None:
                           "--head` or use --ray-address local") from None
 
 
-def connect(address: str) -> None:
-    """Join (or, for 'local', start) the Ray cluster. Bad input: ConfigError before anything is written."""
-    if address == "local":
-        # A Ray started here serves this machine only: Ray's single-machine mode keeps every address on 127.0.0.1,
-        # and the runs of a grid, which inherit the variable, join it there. Read by Ray when it is first imported.
+def connect(address: str, num_cpus: float = 0.0) -> None:
+    """Join (or, for 'local', start) the Ray cluster. Bad input: ConfigError before anything is written.
+
+    'local' starts Ray with this machine's cores as its CPUs, or `num_cpus` when that is more (the roles of one run
+    then always fit, as the local launcher runs them all on the same cores)."""
+    from experiments.launcher import is_loopback
+
+    if address == "local" or (address != "auto" and is_loopback(address.rpartition(":")[0].strip("[]"))):
+        # Ray on this machine only: Ray's single-machine mode keeps every address on 127.0.0.1 (otherwise it rewrites
+        # a loopback address into the machine's interface address, where a loopback node does not listen); the runs
+        # of a grid inherit the variable. Ray reads it when it is first imported.
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     import ray
 
     if ray.is_initialized():
         return
     if address == "local":
-        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, namespace=NAMESPACE, log_to_driver=False)
+        # address="local": always a new instance, never a cluster that happens to run on this machine.
+        ray.init(address="local", num_cpus=max(os.cpu_count() or 1, math.ceil(num_cpus)), include_dashboard=False,
+                 namespace=NAMESPACE, log_to_driver=False)
         return
     if address != "auto":
         check_reachable(address)
@@ -200,16 +210,32 @@ def connect(address: str) -> None:
         raise ConfigError(f"ray_address {address}: cannot join the Ray cluster: {e}") from None
 
 
-def check_cluster(config: DecoupledConfig, role_names: Iterable[str]) -> dict[str, RoleRequest]:
-    """Every role's request, checked against the cluster's nodes (ConfigError naming the role otherwise)."""
+def role_requests(config: DecoupledConfig) -> dict[str, RoleRequest]:
+    """Every launcher role's request (no cluster needed)."""
+    requests = parse_role_resources(config.runtime.role_resources, _known_roles(config))
+    return {role: request_for(role, requests) for role in role_names(config)}
+
+
+def check_cluster(by_role: Mapping[str, RoleRequest]) -> None:
+    """ConfigError naming the role when a request fits no node, or when the roles together ask for more of a resource
+    than the whole cluster has (the run would never fully start)."""
     import ray
 
-    requests = parse_role_resources(config.runtime.role_resources, _known_roles(config))
-    by_role = {role: request_for(role, requests) for role in role_names}
-    problems = unsatisfiable(by_role, ray.nodes())
+    nodes = ray.nodes()
+    problems = unsatisfiable(by_role, nodes)
+    totals: dict[str, float] = {}
+    for request in by_role.values():
+        for name, amount in request.resources.items():
+            totals[name] = totals.get(name, 0.0) + amount
+    alive = [n for n in nodes if n.get("Alive")]
+    for name, amount in totals.items():
+        have = sum(n["Resources"].get(name, 0.0) for n in alive)
+        if amount > have + 1e-9 and not problems:
+            problems.append(f"the run's {len(by_role)} roles together ask for {name}:{_amount(name, amount)}, the "
+                            f"cluster has {name}:{_amount(name, have)}; ask for less per role (e.g. --role-resources "
+                            f"'*=CPU:0.5') or add nodes")
     if problems:
         raise ConfigError("; ".join(problems))
-    return by_role
 
 
 def _known_roles(config: DecoupledConfig) -> list[str]:
@@ -250,6 +276,7 @@ def check_run_dir_visible(run_dir: Path) -> None:
 # --- the role host --------------------------------------------------------------------------------------------------
 
 
+@functools.lru_cache(maxsize=None)
 def _role_host_class():
     import ray
 
@@ -351,7 +378,9 @@ class RayRole:
         try:
             ready, _ = ray.wait([self._wait_ref], timeout=timeout_s)
         except Exception:  # noqa: BLE001 (a lost host has no process left to wait for)
-            return True
+            ready = [True]
+        if ready:
+            self.release()  # the process has ended: its host goes at once, not after the slowest role
         return bool(ready)
 
     def kill(self) -> None:

@@ -88,6 +88,7 @@ def test_every_role_runs_where_its_resources_are(cluster, tmp_path):
 @pytest.mark.parametrize("resources, expected", [
     ("learner=GPU:4", ["role learner:collector asks for GPU:4", "the largest node", "GPU:2"]),
     ("actor=TPU:1", ["role actor_0 asks for resource 'TPU'", "which no node of the cluster has"]),
+    ("*=CPU:2", ["roles together ask for CPU:12", "the cluster has CPU:7", "'*=CPU:0.5'"]),
     ("learner=GPU", ["role_resources: 'GPU' in 'learner' must be NAME:AMOUNT"]),
     ("trainer=CPU:1", ["role_resources: 'trainer=CPU:1' must be ROLE=NAME:AMOUNT"]),
 ])
@@ -161,8 +162,10 @@ def test_sigint_leaves_no_host_behind_and_resume_finishes(cluster, tmp_path):
         assert len(named_hosts()) == 6, named_hosts()
         driver.send_signal(signal.SIGINT)
         sent = time.monotonic()
+        gone = wait_for(lambda: named_hosts() == [], timeout=10, poll=0.2)
+        print(f"every host gone {time.monotonic() - sent:.1f} s after SIGINT")
+        assert gone, f"still alive 10 s after SIGINT: {named_hosts()}"
         assert driver.wait(timeout=30) == 130
-        assert wait_for(lambda: named_hosts() == [], timeout=10 - (time.monotonic() - sent), poll=0.2), named_hosts()
     finally:
         if driver.poll() is None:
             driver.kill()
@@ -174,6 +177,7 @@ def test_sigint_leaves_no_host_behind_and_resume_finishes(cluster, tmp_path):
     assert grad and grad[-1] > 0
 
 
+@pytest.mark.slow  # ~3 min on 2 cores: `make test-all`
 def test_killed_learner_and_lost_nodes_come_back_and_the_run_finishes(tmp_path):
     """A learner's process killed with SIGKILL, then the node of the collector learner lost (and with it, possibly,
     the replay server): the roles come back on the nodes that remain, learners from their checkpoints."""
@@ -191,7 +195,7 @@ def test_killed_learner_and_lost_nodes_come_back_and_the_run_finishes(tmp_path):
     c.wait_for_nodes()
     run_dir = tmp_path / "run"
     args = ["run", "--backend", "ray", "--ray-address", c.address, "--run-dir", str(run_dir), "--collector-depth",
-            "4", "--learner-depths", "4", "--env-steps", "20000", "--eval-every-env-steps", "8000",
+            "4", "--learner-depths", "4", "--env-steps", "64000", "--eval-every-env-steps", "16000",
             "--checkpoint-every-seconds", "5", "--max-restarts", "4", "--role-resources",
             "learner=CPU:1,learner_slot:1;replay=CPU:1,replay_slot:1;*=CPU:0.5", *SMALL]
     driver = subprocess.Popen([sys.executable, "-m", "experiments.cli", *args], cwd=REPO, env=env(),
@@ -207,7 +211,16 @@ def test_killed_learner_and_lost_nodes_come_back_and_the_run_finishes(tmp_path):
         assert wait_for(lambda: collector_checkpoints.is_dir() and any(
             p.name.isdigit() and p.name != "0" for p in collector_checkpoints.iterdir()), timeout=300)
         _, collector_node, _ = starts(run_dir / "logs" / "learner_collector.log")[-1]
+        assert not (run_dir / "status" / "collector.json").exists() or json.loads(
+            (run_dir / "status" / "collector.json").read_text())["state"] == "running"  # the loss hits a live learner
+        lost_pids = [pid for log in (run_dir / "logs").glob("*.log") for pid, node, _ in starts(log)
+                     if node == collector_node]
         c.remove_node(nodes[collector_node], allow_graceful=False)
+        for pid in lost_pids:  # a simulated node's role processes outlive it; on a real lost host they die with it
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         out, err = driver.communicate(timeout=900)
         assert driver.returncode == 0, err[-5000:]
     finally:
@@ -226,6 +239,7 @@ def test_killed_learner_and_lost_nodes_come_back_and_the_run_finishes(tmp_path):
         assert status["state"] == "finished", status
 
 
+@pytest.mark.slow  # two runs one after the other, ~3 min on 2 cores: `make test-all`
 def test_grid_on_a_cluster_queues_a_run_until_the_gpus_are_free(tmp_path):
     """Two runs that each need both (declared) GPUs of the cluster, started together: Ray queues the second run's
     learners until the first run's are gone; both runs end done."""
