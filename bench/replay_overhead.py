@@ -108,14 +108,18 @@ config = rb.ReplayTablesConfig(learners=tuple(rb.LearnerTableConfig(**learner) f
 stop = threading.Event()
 signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
 signal.signal(signal.SIGINT, lambda signum, frame: stop.set())
-server = rb.start_server(config, WindowSpec(**args["window_spec"]), args["port"])
+checkpoint_dir = args.get("checkpoint_dir")
+server = rb.start_server(config, WindowSpec(**args["window_spec"]), args["port"], checkpoint_dir)
 print("serving on port", server.port, flush=True)
 while not stop.wait(1.0):  # signal handlers run in this thread between waits
     pass
+if checkpoint_dir is not None:
+    print("final checkpoint written to", rb.wait_for_server(f"127.0.0.1:{server.port}", 30.0).checkpoint(), flush=True)
 server.stop()
 """
-"""The server process of the benches: `replay.reverb_backend.start_server` with the bench's tables, no checkpoints,
-until SIGTERM. The ``depthrl replay`` role serves the same way, but builds its tables from a run's config (the
+"""A replay server process (benches and tests): `replay.reverb_backend.start_server` with the given tables, and with
+``checkpoint_dir`` a checkpoint restored at start and written once at SIGTERM (the benches give none), until
+SIGTERM/SIGINT. The ``depthrl replay`` role serves the same way, but builds its tables from a run's config (the
 benches lay out their own) and adds a checkpoint timer and a metrics row every 5 s (not wanted in a measurement)."""
 
 

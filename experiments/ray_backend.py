@@ -311,13 +311,13 @@ class RayRole:
         import ray
 
         self.release()
-        self.info = {}
         port = (int(self.address.rpartition(":")[2]) if self.address else 0) if self.is_replay else None
         self._host = _role_host_class().options(
             name=self.actor_name, namespace=NAMESPACE, max_concurrency=4, **self.request.ray_options()).remote()
         self._start_ref = self._host.start.remote(self._argv(), self.env, str(self.log_path), self.request.gpus, port,
-                                                  LAUNCHER_PID_ENV)
+                                                  LAUNCHER_PID_ENV, self.info.get("node_id"))
         self._wait_ref = None
+        self.info = {}
 
     def _started(self, timeout_s: float = 0.0) -> bool:
         """True once the host started the process (node and pid known). Raises Ray's errors when the host is lost."""

@@ -36,10 +36,11 @@ class RoleHost:
         self._process: subprocess.Popen | None = None
 
     def start(self, argv: list[str], env: dict[str, str], log_path: str, gpus: float, port: int | None,
-              parent_pid_env: str) -> dict[str, Any]:
-        """Start the role. `port` (the replay server only): None for clients; else the port to reuse if still free
-        on this node (0: any), appended as ``--port``. `parent_pid_env` names the variable through which the role
-        watches its parent (this host): the role stops when the host is gone."""
+              parent_pid_env: str, port_node: str | None = None) -> dict[str, Any]:
+        """Start the role. `port` (the replay server only): None for clients; else the port it had before (0: none),
+        reused when this host runs on the same node as then (`port_node`) and the port is still free there; a server
+        on another node is at another address anyway. Appended as ``--port``. `parent_pid_env` names the variable
+        through which the role watches its parent (this host): the role stops when the host is gone."""
         import ray
 
         child_env = {**os.environ, **env, parent_pid_env: str(os.getpid()), "PYTHONUNBUFFERED": "1"}
@@ -48,12 +49,12 @@ class RoleHost:
         elif gpus < 1:  # a share of one GPU: Ray does not split its memory, XLA must
             child_env["XLA_PYTHON_CLIENT_MEM_FRACTION"] = f"{gpus:.3f}"
         node_ip = ray.util.get_node_ip_address()
+        node_id = ray.get_runtime_context().get_node_id()
         address = None
         if port is not None:
-            port = port if port and port_free(port) else free_port()
+            port = port if port and port_node == node_id and port_free(port) else free_port()
             argv = [*argv, "--port", str(port)]
             address = f"{node_ip}:{port}"
-        node_id = ray.get_runtime_context().get_node_id()
         Path(log_path).parent.mkdir(parents=True, exist_ok=True)
         with open(log_path, "a") as log:
             self._process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=child_env,

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.e2e.conftest import wait_for
+
 REPO = Path(__file__).resolve().parents[2]
 SMALL = ["--env", "point_u_maze", "--num-envs", "16", "--batch-size", "64", "--prefill-steps-per-env", "100",
          "--width", "32", "--num-eval-envs", "8", "--quiet", "--rpc-timeout-seconds", "20"]
@@ -57,7 +59,7 @@ def slurm(tmp_path_factory):
             shutil.chown(d, "munge", "munge")
         started.append(subprocess.Popen(["runuser", "-u", "munge", "--", "munged", "--foreground"],
                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        assert _wait(lambda: _run("munge", "-n").returncode == 0, 30), "munged did not start"
+        assert wait_for(lambda: _run("munge", "-n").returncode == 0, 30, poll_seconds=1), "munged did not start"
     host = socket.gethostname().split(".")[0]
     memory_mb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2**20 // 2
     conf = root / "slurm.conf"
@@ -91,7 +93,7 @@ PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
     started.append(subprocess.Popen(["slurmd", "-D", "-f", str(conf)], env=env, stdout=subprocess.DEVNULL,
                                     stderr=subprocess.DEVNULL))
     try:
-        assert _wait(lambda: "idle" in _run("sinfo", "-h", "-o", "%T", env=env).stdout, 60), \
+        assert wait_for(lambda: "idle" in _run("sinfo", "-h", "-o", "%T", env=env).stdout, 60, poll_seconds=1), \
             (root / "slurmctld.log").read_text()[-2000:] if (root / "slurmctld.log").exists() else "no log"
         yield env
     finally:
@@ -101,15 +103,6 @@ PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
                 proc.wait(timeout=15)
             except subprocess.TimeoutExpired:
                 proc.kill()
-
-
-def _wait(predicate, timeout: float, poll: float = 1.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(poll)
-    return False
 
 
 def test_generated_sbatch_script_runs_a_decoupled_run_on_ray(slurm, tmp_path):
@@ -124,7 +117,7 @@ def test_generated_sbatch_script_runs_a_decoupled_run_on_ray(slurm, tmp_path):
     assert submitted.returncode == 0, submitted.stderr
     job = submitted.stdout.strip().split(";")[0]
     try:
-        assert _wait(lambda: job not in _run("squeue", "-h", "-o", "%i", env=env).stdout, 900, poll=3), \
+        assert wait_for(lambda: job not in _run("squeue", "-h", "-o", "%i", env=env).stdout, 900, poll_seconds=3), \
             "job still queued or running after 900 s"
     finally:
         _run("scancel", job, env=env)

@@ -20,6 +20,7 @@ from pathlib import Path
 import portpicker
 import pytest
 
+from bench.replay_overhead import SERVER_SCRIPT  # one server script for the benches and the tests
 from replay import reverb_backend
 from replay.schema import WindowSpec
 
@@ -73,29 +74,6 @@ class ServerProcess:
 
 
 LaunchServer = Callable[..., ServerProcess]
-
-SERVER_SCRIPT = """
-import json, signal, sys, threading
-from replay import reverb_backend as rb
-from replay.schema import WindowSpec
-
-args = json.loads(sys.argv[1])
-tables = args["tables"]
-config = rb.ReplayTablesConfig(learners=tuple(rb.LearnerTableConfig(**learner) for learner in tables["learners"]),
-                               max_size_windows=tables["max_size_windows"], param_roles=tuple(tables["param_roles"]))
-stop = threading.Event()
-signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
-server = rb.start_server(config, WindowSpec(**args["window_spec"]), args["port"], args["checkpoint_dir"])
-print("serving on port", server.port, flush=True)
-while not stop.wait(1.0):  # signal handlers run in this thread between waits
-    pass
-if args["checkpoint_dir"] is not None:
-    print("final checkpoint written to", rb.wait_for_server(f"127.0.0.1:{server.port}", 30.0).checkpoint(), flush=True)
-server.stop()
-"""
-"""A replay server process: `start_server` with the given tables and checkpoint directory (restored at start) until
-SIGTERM, then one checkpoint (with a directory) and a clean stop. What a run's replay role does besides (periodic
-checkpoints, metrics) is tested with the role, in tests/e2e."""
 
 
 def _launch(
