@@ -26,7 +26,7 @@ import importlib.util
 import json
 import netrc
 import os
-import uuid
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -94,10 +94,12 @@ class TensorBoardSink:
             resumed = self.directory.is_dir() and any(self.directory.iterdir())
             # purge_step: hide what an earlier process of this role logged at this step or later (it crashed after
             # its last checkpoint and this one redoes those steps).
-            # A unique suffix: event file names hold the time in whole seconds, and two writers of one role within
-            # a second (a fast restart) would otherwise write the same file.
+            # Event file names hold the time in whole seconds; TensorBoard reads a directory's files in name order
+            # (the purge marker must come after the events it hides). Two writers of one role within a second (a
+            # fast restart) would share a name, so the suffix is the start time in nanoseconds, fixed width: unique,
+            # and in start order.
             self._writer = SummaryWriter(str(self.directory), purge_step=step if resumed else None, flush_secs=10,
-                                         filename_suffix=f".{os.getpid()}.{uuid.uuid4().hex[:8]}")
+                                         filename_suffix=f".{time.time_ns():020d}.{os.getpid()}")
             if not resumed and self._config_path.is_file():
                 self._writer.add_text("config", "```\n" + self._config_path.read_text() + "\n```", 0)
         prefix = f"{self._role}/"
