@@ -150,7 +150,10 @@ def test_sigint_leaves_no_host_behind_and_resume_finishes(cluster, tmp_path):
         assert wait_for(lambda: len(rows(run_dir / "metrics" / "learner_d4.jsonl")) >= 2 or driver.poll() is not None,
                         timeout=300, poll_seconds=0.5), "no learner rows within 300 s"
         assert driver.poll() is None, driver.communicate()[1][-3000:]
-        assert len(named_hosts()) == 6, named_hosts()
+        hosts = {name.split("/", 1)[1] for name in named_hosts()}
+        # The learners, evaluators and replay server are at work; the actor may already have written its whole share
+        # (a host goes as soon as its process ends).
+        assert {"replay", "learner:collector", "learner:learner_d4", "eval_collector"} <= hosts, hosts
         driver.send_signal(signal.SIGINT)
         sent = time.monotonic()
         gone = wait_for(lambda: named_hosts() == [], timeout=10, poll_seconds=0.2)
