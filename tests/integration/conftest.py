@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import numpy as np
 import portpicker
 import pytest
 
@@ -154,3 +155,14 @@ def replay_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerPr
         yield server
     finally:
         server.terminate()
+
+
+def network_params(seed: int) -> dict:
+    """A small params pytree (nested dicts and a list; float and int leaves) that differs with `seed`."""
+    rng = np.random.default_rng(seed)
+    return {
+        "actor": {"Dense_0": {"kernel": rng.standard_normal((7, 16), dtype=np.float32),
+                              "bias": np.zeros(16, np.float32)},
+                  "log_std_scale": np.float32(seed)},
+        "critic": [rng.standard_normal((16, 4), dtype=np.float32), np.arange(3, dtype=np.int32) + seed],
+    }

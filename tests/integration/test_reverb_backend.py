@@ -17,7 +17,7 @@ import pytest
 from replay import params as params_lib
 from replay import reverb_backend as rb
 from replay.schema import Window, WindowSpec
-from tests.integration.conftest import REPO_ROOT, SHARED_WINDOW_SPEC, LaunchServer, ServerProcess
+from tests.integration.conftest import REPO_ROOT, SHARED_WINDOW_SPEC, LaunchServer, ServerProcess, network_params
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -192,34 +192,24 @@ def test_limiter_without_insert_blocking_only_limits_sampling(replay_server: Ser
 # ----------------------------------------------------------------------------------------------------- params
 
 
-def _network_params(seed: int) -> dict:
-    rng = np.random.default_rng(seed)
-    return {
-        "actor": {"Dense_0": {"kernel": rng.standard_normal((7, 16), dtype=np.float32),
-                              "bias": np.zeros(16, np.float32)},
-                  "log_std_scale": np.float32(seed)},
-        "critic": [rng.standard_normal((16, 4), dtype=np.float32), np.arange(3, dtype=np.int32)],
-    }
-
-
 def test_params_publish_latest_version_and_fingerprint_refusal(replay_server: ServerProcess) -> None:
     fingerprint = params_lib.fingerprint({"depth": 4, "width": 16})
     other = params_lib.fingerprint({"depth": 64, "width": 16})
-    template = _network_params(seed=0)
+    template = network_params(seed=0)
     # Tiny parts force a multi-part item: 7*16*4 + 16*4 + 4 + 16*4*4 + 3*4 bytes = 784 bytes -> 8 parts of 100.
     store = rb.ParamStore(replay_server.address, connect_timeout_s=10, max_part_bytes=100)
     assert len(params_lib.pack(template, max_part_bytes=100)[1]) == 8
     for version in (1, 2):
-        store.publish("collector", _network_params(seed=version), version=version, fingerprint=fingerprint,
+        store.publish("collector", network_params(seed=version), version=version, fingerprint=fingerprint,
                       meta={"env_steps": 100 * version, "final": version == 2}, timeout_s=10)
-    store.publish("learner_d4", _network_params(seed=9), version=5, fingerprint=other, meta={}, timeout_s=10)
+    store.publish("learner_d4", network_params(seed=9), version=5, fingerprint=other, meta={}, timeout_s=10)
 
     polled = store.latest_version("collector", timeout_s=5)
     assert (polled.params, polled.version, polled.fingerprint) == (None, 2, fingerprint)
     latest = store.latest("collector", template, fingerprint, timeout_s=5)
     assert (latest.version, latest.fingerprint) == (2, fingerprint)
     params = latest.params
-    expected = _network_params(seed=2)
+    expected = network_params(seed=2)
     np.testing.assert_array_equal(params["actor"]["Dense_0"]["kernel"], expected["actor"]["Dense_0"]["kernel"])
     np.testing.assert_array_equal(params["critic"][1], expected["critic"][1])
     assert params["actor"]["log_std_scale"] == np.float32(2) and isinstance(params["critic"], list)
@@ -235,7 +225,7 @@ def test_params_publish_latest_version_and_fingerprint_refusal(replay_server: Se
 
     with pytest.raises(params_lib.FingerprintMismatch):
         store.latest("learner_d4", template, fingerprint, timeout_s=5)
-    wrong_template = _network_params(seed=0)
+    wrong_template = network_params(seed=0)
     wrong_template["critic"][0] = np.zeros((16, 5), np.float32)
     with pytest.raises(ValueError, match="shape"):
         store.latest("learner_d4", wrong_template, other, timeout_s=5)
@@ -245,7 +235,7 @@ def test_params_latest_times_out_when_nothing_was_published(replay_server: Serve
     store = rb.ParamStore(replay_server.address, connect_timeout_s=10)
     start = time.monotonic()
     with pytest.raises(rb.ReplayTimeout):
-        store.latest("never_published", _network_params(0), "0" * 16, timeout_s=0.5)
+        store.latest("never_published", network_params(0), "0" * 16, timeout_s=0.5)
     assert time.monotonic() - start < 1.0
     with pytest.raises(ValueError, match="no params tables"):
         store.latest_version("unknown_role", timeout_s=0.5)

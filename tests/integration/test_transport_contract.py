@@ -20,6 +20,7 @@ from replay import params as params_lib
 from replay.memory import InProcessReplay
 from replay.protocols import ParamStore, ReplayTimeout, WindowSampler, WindowWriter
 from replay.schema import Window, WindowSpec
+from tests.integration.conftest import network_params
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -232,16 +233,6 @@ def test_wait_confirmed_returns_when_nothing_is_pending_and_close_ends_the_write
 # ------------------------------------------------------------------------------------------------------- params
 
 
-def _network_params(seed: int) -> dict:
-    rng = np.random.default_rng(seed)
-    return {
-        "actor": {"Dense_0": {"kernel": rng.standard_normal((7, 16), dtype=np.float32),
-                              "bias": np.zeros(16, np.float32)},
-                  "log_std_scale": np.float32(seed)},
-        "critic": [rng.standard_normal((16, 4), dtype=np.float32), np.arange(3, dtype=np.int32) + seed],
-    }
-
-
 def _assert_same_params(got: dict, want: dict) -> None:
     got_leaves, want_leaves = params_lib.flatten_with_paths(got), params_lib.flatten_with_paths(want)
     assert [path for path, _ in got_leaves] == [path for path, _ in want_leaves]
@@ -256,38 +247,38 @@ FINGERPRINT = params_lib.fingerprint({"depth": 4, "width": 16})
 def test_publish_then_latest_and_latest_version_round_trip_params_version_and_meta(transport: Transport) -> None:
     role = transport.roles[0]
     store = transport.params
-    store.publish(role, _network_params(seed=1), 3, FINGERPRINT, {"env_steps": 300, "final": False}, timeout_s=10)
-    got = store.latest(role, _network_params(seed=0), FINGERPRINT, timeout_s=10)
+    store.publish(role, network_params(seed=1), 3, FINGERPRINT, {"env_steps": 300, "final": False}, timeout_s=10)
+    got = store.latest(role, network_params(seed=0), FINGERPRINT, timeout_s=10)
     assert (got.version, got.fingerprint, got.meta) == (3, FINGERPRINT, {"env_steps": 300, "final": False})
-    _assert_same_params(got.params, _network_params(seed=1))
+    _assert_same_params(got.params, network_params(seed=1))
     assert isinstance(got.params["critic"], list)
     polled = store.latest_version(role, timeout_s=10)
     assert (polled.params, polled.version, polled.fingerprint, polled.meta) == (
         None, 3, FINGERPRINT, {"env_steps": 300, "final": False})
     with pytest.raises(TypeError):  # meta must be JSON; refused before anything is stored
-        store.publish(role, _network_params(seed=2), 4, FINGERPRINT, {"bad": np.zeros(1)}, timeout_s=10)
+        store.publish(role, network_params(seed=2), 4, FINGERPRINT, {"bad": np.zeros(1)}, timeout_s=10)
     assert store.latest_version(role, timeout_s=10).version == 3
 
 
 def test_a_newer_publish_replaces_the_older_and_a_lower_version_is_returned_as_is(transport: Transport) -> None:
     role = transport.roles[0]
     store = transport.params
-    template = _network_params(seed=0)
+    template = network_params(seed=0)
     for version, seed in ((5, 1), (6, 2), (2, 3)):  # 2 after 6: a learner resumed from an older checkpoint
-        store.publish(role, _network_params(seed=seed), version, FINGERPRINT, {"seed": seed}, timeout_s=10)
+        store.publish(role, network_params(seed=seed), version, FINGERPRINT, {"seed": seed}, timeout_s=10)
         got = store.latest(role, template, FINGERPRINT, timeout_s=10)
         assert (got.version, got.meta) == (version, {"seed": seed})
-        _assert_same_params(got.params, _network_params(seed=seed))
+        _assert_same_params(got.params, network_params(seed=seed))
         assert store.latest_version(role, timeout_s=10).version == version
 
 
 def test_params_of_another_network_are_refused(transport: Transport) -> None:
     role = transport.roles[0]
     other = params_lib.fingerprint({"depth": 64, "width": 16})
-    transport.params.publish(role, _network_params(seed=1), 1, other, {}, timeout_s=10)
+    transport.params.publish(role, network_params(seed=1), 1, other, {}, timeout_s=10)
     with pytest.raises(params_lib.FingerprintMismatch, match=other):
-        transport.params.latest(role, _network_params(seed=0), FINGERPRINT, timeout_s=10)
-    wrong_template = _network_params(seed=0)
+        transport.params.latest(role, network_params(seed=0), FINGERPRINT, timeout_s=10)
+    wrong_template = network_params(seed=0)
     wrong_template["critic"][0] = np.zeros((16, 5), np.float32)
     with pytest.raises(ValueError, match="shape"):
         transport.params.latest(role, wrong_template, other, timeout_s=10)
@@ -297,12 +288,12 @@ def test_params_of_another_network_are_refused(transport: Transport) -> None:
 def test_latest_and_latest_version_time_out_when_nothing_was_published(transport: Transport) -> None:
     role = transport.roles[1]
     store = transport.params
-    for read in (lambda: store.latest(role, _network_params(seed=0), FINGERPRINT, timeout_s=SHORT_S),
+    for read in (lambda: store.latest(role, network_params(seed=0), FINGERPRINT, timeout_s=SHORT_S),
                  lambda: store.latest_version(role, timeout_s=SHORT_S)):
         start = time.monotonic()
         with pytest.raises(ReplayTimeout):
             read()
         assert 0.9 * SHORT_S <= time.monotonic() - start < SHORT_S + 2.0
     # A publish ends the waits (on Reverb, the timed-out reads still in flight complete too).
-    store.publish(role, _network_params(seed=1), 1, FINGERPRINT, {}, timeout_s=10)
+    store.publish(role, network_params(seed=1), 1, FINGERPRINT, {}, timeout_s=10)
     assert store.latest_version(role, timeout_s=10).version == 1
