@@ -267,7 +267,8 @@ def check_run_dir_visible(run_dir: Path) -> None:
         seen = ray.get(refs, timeout=120)
     finally:
         probe.unlink(missing_ok=True)
-    blind = [f"{n.get('NodeManagerAddress')} ({got})" for n, got in zip(nodes, seen) if got != token]
+    blind = [f"node {n['NodeID'][:8]} at {n.get('NodeManagerAddress')} ({got or 'a different file'})"
+             for n, got in zip(nodes, seen) if got != token]
     if blind:
         raise ConfigError(f"run dir {run_dir} is not visible from every Ray node: {', '.join(blind)}. Put it on "
                           "storage every node mounts at the same path (a shared filesystem)")

@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -114,6 +116,81 @@ def test_unreachable_ray_address_is_refused_before_start(tmp_path):
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert f"ray_address 127.0.0.1:{port}: no Ray cluster answers there" in proc.stderr
     assert not run_dir.exists()
+
+
+def _ray_node(args: list[str], log: Path, environ: dict[str, str], mask: Path | None = None) -> subprocess.Popen:
+    """`ray start --block ...` in its own session (so the test ends exactly its processes, by group). With `mask`,
+    the node runs in its own mount namespace where an empty tmpfs hides `mask`: a host that does not mount it."""
+    ray_bin = str(Path(sys.executable).parent / "ray")
+    cmd = [ray_bin, "start", "--block", *args]
+    if mask is not None:
+        cmd = ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+               f'mount -t tmpfs depthrl-mask "$0" && exec "$@"', str(mask), *cmd]
+    with log.open("w") as out:
+        return subprocess.Popen(cmd, env=environ, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def test_a_run_dir_one_node_cannot_see_is_refused_before_start(tmp_path):
+    """A worker node in its own mount namespace sees an empty directory where the run dir's parent is: the run is
+    refused (exit 2, naming that node) before any role starts, and nothing is left in the shared directory."""
+    import tempfile
+
+    import portpicker
+
+    if os.geteuid() != 0 or subprocess.run(["unshare", "--mount", "true"], capture_output=True).returncode != 0:
+        pytest.skip("needs `unshare --mount` (root) to give one node a different view of the filesystem")
+    base = Path(tempfile.mkdtemp(prefix="drvis"))  # short: Ray's unix socket paths live under --temp-dir
+    shared = base / "shared"
+    shared.mkdir()
+    (shared / "keep.txt").write_text("user data")
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:  # the interface address (no packet is sent)
+        s.connect(("192.0.2.254", 9))
+        host = s.getsockname()[0]
+    if host.startswith("127."):
+        pytest.skip("no non-loopback interface: Ray runs multi-node clusters on an interface address")
+    port = portpicker.pick_unused_port()
+    environ = env() | {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": os.urandom(16).hex(),
+                       "RAY_USAGE_STATS_ENABLED": "0"}
+    for multi_node_off in ("RAY_ADDRESS", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"):  # set by tests/conftest.py
+        environ.pop(multi_node_off, None)
+    nodes = [_ray_node(["--head", f"--port={port}", "--num-cpus=1", "--include-dashboard=false",
+                        f"--temp-dir={base / 'ray'}"], tmp_path / "head.log", environ)]
+    try:
+        probe = [sys.executable, "-c", f"import ray; ray.init(address='{host}:{port}', log_to_driver=False); "
+                 "print('alive', sum(n['Alive'] for n in ray.nodes()))"]
+
+        def alive() -> int:
+            out = subprocess.run(probe, env=environ, capture_output=True, text=True, timeout=60).stdout
+            found = re.search(r"alive (\d+)", out)
+            return int(found.group(1)) if found else 0
+
+        assert wait_for(lambda: alive() >= 1, timeout=90, poll_seconds=1), (tmp_path / "head.log").read_text()
+        nodes.append(_ray_node([f"--address={host}:{port}", "--num-cpus=1"], tmp_path / "worker.log", environ,
+                               mask=shared))
+        assert wait_for(lambda: alive() >= 2, timeout=90, poll_seconds=1), (tmp_path / "worker.log").read_text()
+        run_dir = shared / "run"
+        proc = subprocess.run([sys.executable, "-m", "experiments.cli", "run", "--backend", "ray", "--ray-address",
+                               f"{host}:{port}", "--role-resources", "*=CPU:0.25", "--run-dir", str(run_dir),
+                               "--env-steps", "8000", *SMALL],
+                              cwd=REPO, env=environ, capture_output=True, text=True, timeout=180)
+        assert proc.returncode == 2, proc.stderr[-3000:]
+        assert f"run dir {shared} is not visible from every Ray node: node " in proc.stderr, proc.stderr[-3000:]
+        assert "No such file or directory" in proc.stderr
+        assert "shared filesystem" in proc.stderr
+        assert sorted(p.name for p in shared.iterdir()) == ["keep.txt"]  # no run dir, no probe file left
+        assert (shared / "keep.txt").read_text() == "user data"
+    finally:
+        for node in reversed(nodes):  # our two process groups, by their leaders' pids
+            for sig in (signal.SIGTERM, signal.SIGKILL):
+                try:
+                    os.killpg(node.pid, sig)
+                except ProcessLookupError:
+                    break
+                try:
+                    node.wait(timeout=15)
+                except subprocess.TimeoutExpired:
+                    pass
+        subprocess.run(["rm", "-rf", str(base)], check=False)
 
 
 def named_hosts() -> list[str]:
