@@ -363,7 +363,7 @@ class RayRole:
             return code
         except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError):
             if self.info.get("node_ip"):
-                self.lost_nodes.append(self.info["node_ip"])
+                self.lost_nodes.append(f"{self.info['node_ip']} ({self.info['node_id'][:8]})")
             self.release()
             return ROLE_HOST_LOST
 

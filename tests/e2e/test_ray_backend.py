@@ -248,6 +248,50 @@ def test_sigint_leaves_no_host_behind_and_resume_finishes(cluster, tmp_path):
     assert grad and grad[-1] > 0
 
 
+def test_ctrl_c_of_a_grid_on_a_cluster_leaves_no_host_behind_and_the_grid_resumes(cluster, tmp_path):
+    """Ctrl-C (SIGINT to the terminal's process group: the grid and its runs) while two runs are at work on the
+    cluster: every role host is gone within 10 s, grid.json says both runs were interrupted, and the same command
+    finishes the grid."""
+    import time
+
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(address=cluster["address"], namespace="depthrl-test", log_to_driver=False)
+    grid = tmp_path / "grid"
+    args = ["ablate", "--collector-depths", "4,8", "--learner-depths", "4", "--seeds", "1", "--parallel", "2",
+            "--grid-dir", str(grid), "--no-report", "--backend", "ray", "--ray-address", cluster["address"],
+            "--role-resources", "*=CPU:0.25", "--env-steps", "8000", "--eval-every-env-steps", "4000", *SMALL]
+    ablate = subprocess.Popen([sys.executable, "-m", "experiments.cli", *args], cwd=REPO, env=env(),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        learning = lambda: all(rows(grid / "runs" / r / "metrics" / "learner_d4.jsonl")  # noqa: E731
+                               for r in ("c4_s0", "c8_s0"))
+        assert wait_for(lambda: learning() or ablate.poll() is not None, timeout=300, poll_seconds=0.5)
+        assert ablate.poll() is None, ablate.communicate()[1][-3000:]
+        runs_on_cluster = {name.split("/")[0].rsplit("-", 1)[0] for name in named_hosts()}
+        assert runs_on_cluster == {"c4_s0", "c8_s0"}, named_hosts()
+        os.killpg(ablate.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
+        sent = time.monotonic()
+        gone = wait_for(lambda: named_hosts() == [], timeout=10, poll_seconds=0.2)
+        print(f"every host of the grid gone {time.monotonic() - sent:.1f} s after Ctrl-C")
+        assert gone, f"still alive 10 s after Ctrl-C: {named_hosts()}"
+        _, err = ablate.communicate(timeout=60)
+        assert ablate.returncode == 130, err[-3000:]
+    finally:
+        if ablate.poll() is None:
+            os.killpg(ablate.pid, signal.SIGKILL)
+    state = json.loads((grid / "grid.json").read_text())
+    assert {name: run["status"] for name, run in state["runs"].items()} == {"c4_s0": "interrupted",
+                                                                           "c8_s0": "interrupted"}
+    proc = run_cli(*args, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    state = json.loads((grid / "grid.json").read_text())
+    assert {name: run["status"] for name, run in state["runs"].items()} == {"c4_s0": "done", "c8_s0": "done"}
+    assert "resuming c4_s0" in proc.stderr and "resuming c8_s0" in proc.stderr
+    assert named_hosts() == []
+
+
 @pytest.mark.slow  # ~3 min on 2 cores: `make test-all`
 def test_killed_learner_and_lost_nodes_come_back_and_the_run_finishes(tmp_path):
     """A learner's process killed with SIGKILL, then the node of the collector learner lost, then the node of the
@@ -271,7 +315,8 @@ def test_killed_learner_and_lost_nodes_come_back_and_the_run_finishes(tmp_path):
             "4", "--learner-depths", "4", "--env-steps", "96000", "--eval-every-env-steps", "16000",
             "--checkpoint-every-seconds", "5", "--replay-checkpoint-every-seconds", "5", "--max-restarts", "4",
             "--role-resources",
-            "learner=CPU:1,learner_slot:1;replay=CPU:1,replay_slot:1;*=CPU:0.5", *SMALL]
+            "learner=CPU:1,learner_slot:1;replay=CPU:1,replay_slot:1;*=CPU:0.5",
+            *[a for a in SMALL if a != "--quiet"], "--progress-every-seconds", "5"]  # progress tables on stderr
     driver = subprocess.Popen([sys.executable, "-m", "experiments.cli", *args], cwd=REPO, env=env(),
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -316,6 +361,13 @@ def test_killed_learner_and_lost_nodes_come_back_and_the_run_finishes(tmp_path):
     assert len(collector_starts) >= 2 and collector_starts[-1][1] != collector_node
     # Ray reports the host lost, or its process is seen dying first (this test kills it with the node).
     assert "role learner:collector was lost with its node" in err or "role learner:collector was killed by SIGKILL" in err
+    # The progress tables show the node each role is on, and the collector learner DOWN on the lost node.
+    tables = [line for line in err.splitlines() if line.startswith("collector ")]
+    assert any(f"on node 127.0.0.1 ({collector_node[:8]})" in line for line in tables), tables[-5:]
+    assert any(f"on node 127.0.0.1 ({collector_starts[-1][1][:8]})" in line for line in tables), tables[-5:]
+    down = [line for line in tables if "DOWN (" in line]
+    assert down and any(f"lost node(s) 127.0.0.1 ({collector_node[:8]})" in line or "killed by SIGKILL" in line
+                        for line in down), down
     replay_starts = starts(run_dir / "logs" / "replay.log")
     assert len(replay_starts) >= 2 and replay_starts[-1][1] != replay_node, replay_starts
     assert "restored from checkpoint" in (run_dir / "logs" / "replay.log").read_text()
