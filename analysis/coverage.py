@@ -6,6 +6,9 @@ does not import). Scalars, over the *free* cells of the maze only (a count in a 
 wall, is ignored):
 
 - coverage fraction = (free cells with any count > 0) / n_free;
+- bin coverage = (bins of free cells with any count > 0) / (k^2 n_free): the same at bin resolution (k x k bins per
+  cell). The cell-level fraction saturates at 1 once every free cell is touched, which any collector soon does;
+  the bin-level one still tells a collector that sweeps each cell from one that grazes its corner;
 - normalised entropy = H(p) / log(n_free), where p is the cell-level visitation distribution over free cells
   (``p_c = count_c / sum of free-cell counts``, ``0 log 0 = 0``): 1 = every free cell equally often, 0 = one cell.
   Undefined (NaN) when nothing was counted or the maze has a single free cell.
@@ -16,20 +19,34 @@ from __future__ import annotations
 import dataclasses
 import zipfile
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Sequence
 
 import numpy as np
 import pandas as pd
 
 from analysis.load import RunInfo
 
-__all__ = ["COVERAGE_DIR", "CoverageMap", "coverage_entropy", "coverage_fraction", "coverage_frame",
-           "free_cell_counts", "load_run_coverage", "merge_by_collector_depth", "read_coverage", "summed"]
+__all__ = ["COVERAGE_DIR", "CoverageMap", "bin_coverage_fraction", "coverage_entropy", "coverage_fraction",
+           "coverage_frame", "free_cell_counts", "layout_wall_mask", "load_run_coverage", "merge_by_collector_depth",
+           "read_coverage", "summed"]
 
 COVERAGE_DIR = "coverage"
 """Sub-directory of a run directory holding one ``<role>.npz`` coverage file per actor."""
 WALL, FREE, START, GOAL = "#", ".", "R", "G"
 """Maze layout characters: '#' is a wall; '.', 'R' (a start cell) and 'G' (a goal cell) are free."""
+
+
+def layout_wall_mask(layout_rows: Sequence[str], where: str = "maze layout") -> np.ndarray:
+    """bool ``[n_rows, n_cols]``: True on the wall cells of the layout text rows (top -> bottom). Raises ValueError
+    starting with `where` when the rows are not a non-empty rectangle or hold characters other than '#', '.', 'R',
+    'G'. The one parser of layout text in this package (coverage maps and `analysis.topology` share it)."""
+    rows = tuple(layout_rows)
+    if not rows or not rows[0] or any(len(row) != len(rows[0]) for row in rows):
+        raise ValueError(f"{where}: layout rows {rows!r} are not a non-empty rectangle")
+    bad = set("".join(rows)) - set(WALL + FREE + START + GOAL)
+    if bad:
+        raise ValueError(f"{where}: unknown layout characters {sorted(bad)}")
+    return np.array([[c == WALL for c in row] for row in rows], dtype=bool)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)  # eq would compare arrays; compare `maze` instead
@@ -56,11 +73,7 @@ class CoverageMap:
 
     def __post_init__(self) -> None:
         where = f"coverage of maze {self.layout_name!r}"
-        if not self.layout_rows or any(len(row) != len(self.layout_rows[0]) for row in self.layout_rows):
-            raise ValueError(f"{where}: layout rows {self.layout_rows!r} are not a non-empty rectangle")
-        bad = set("".join(self.layout_rows)) - set(WALL + FREE + START + GOAL)
-        if bad:
-            raise ValueError(f"{where}: unknown layout characters {sorted(bad)}")
+        layout_wall_mask(self.layout_rows, where)
         if self.bins_per_cell < 1 or not self.scaling > 0:
             raise ValueError(f"{where}: bins_per_cell {self.bins_per_cell} and scaling {self.scaling} must be positive")
         n_rows, n_cols = self.cells_shape
@@ -86,7 +99,7 @@ class CoverageMap:
     @property
     def wall_mask(self) -> np.ndarray:
         """bool ``[n_rows, n_cols]``: True on wall cells."""
-        return np.array([[c == WALL for c in row] for row in self.layout_rows], dtype=bool)
+        return layout_wall_mask(self.layout_rows)
 
     @property
     def free_cells(self) -> np.ndarray:
@@ -171,6 +184,14 @@ def coverage_fraction(grid: CoverageMap) -> float:
     return float((counts > 0).sum() / len(counts))
 
 
+def bin_coverage_fraction(cmap: CoverageMap) -> float:
+    """Fraction of the bins lying in free cells (``k^2 n_free`` of them) visited at least once (0 when nothing was
+    counted); bins of wall cells are left out of both counts."""
+    k = cmap.bins_per_cell
+    free_bins = np.repeat(np.repeat(~cmap.wall_mask, k, axis=0), k, axis=1)  # [n_rows k, n_cols k]
+    return float((cmap.counts[free_bins] > 0).sum() / free_bins.sum())
+
+
 def coverage_entropy(grid: CoverageMap) -> float:
     """Entropy of the free-cell visitation distribution divided by log(n_free), in [0, 1]; NaN when undefined."""
     counts = free_cell_counts(grid).astype(np.float64)
@@ -207,8 +228,8 @@ def load_run_coverage(run_dir: Path) -> tuple[CoverageMap | None, list[str]]:
 
 
 def coverage_frame(runs: Iterable[RunInfo]) -> tuple[pd.DataFrame, dict[str, CoverageMap], list[str]]:
-    """Per run with coverage files: a row (run, env, seed, collector_depth, coverage_fraction, coverage_entropy,
-    coverage_env_steps, coverage_count), the summed grid per run name, and the problems met."""
+    """Per run with coverage files: a row (run, env, seed, collector_depth, coverage_fraction, bin_coverage,
+    coverage_entropy, coverage_env_steps, coverage_count), the summed grid per run name, and the problems met."""
     rows, grids, problems = [], {}, []
     for info in runs:
         grid, run_problems = load_run_coverage(info.path)
@@ -218,11 +239,12 @@ def coverage_frame(runs: Iterable[RunInfo]) -> tuple[pd.DataFrame, dict[str, Cov
         grids[info.name] = grid
         rows.append({
             "run": info.name, "env": info.env, "seed": info.seed, "collector_depth": info.collector_depth,
-            "coverage_fraction": coverage_fraction(grid), "coverage_entropy": coverage_entropy(grid),
+            "coverage_fraction": coverage_fraction(grid), "bin_coverage": bin_coverage_fraction(grid),
+            "coverage_entropy": coverage_entropy(grid),
             "coverage_env_steps": grid.env_steps, "coverage_count": int(grid.counts.sum()),
         })
-    columns = ["run", "env", "seed", "collector_depth", "coverage_fraction", "coverage_entropy", "coverage_env_steps",
-               "coverage_count"]
+    columns = ["run", "env", "seed", "collector_depth", "coverage_fraction", "bin_coverage", "coverage_entropy",
+               "coverage_env_steps", "coverage_count"]
     frame = pd.DataFrame(rows, columns=columns)
     frame["collector_depth"] = frame["collector_depth"].astype("Int64")
     return frame, grids, problems

@@ -9,6 +9,7 @@ At scaling s = 2 and k = 2 bins per cell a bin is 1 world unit wide and bin b co
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -16,8 +17,8 @@ import pytest
 
 from actors.coverage import COVERAGE_DIR, CoverageGrid, coverage_path, load
 from actors.envs.mazes import LAYOUTS, get_layout
-from analysis.coverage import (CoverageMap, coverage_entropy, coverage_fraction, free_cell_counts, load_run_coverage,
-                               read_coverage, summed)
+from analysis.coverage import (CoverageMap, bin_coverage_fraction, coverage_entropy, coverage_fraction,
+                               free_cell_counts, layout_wall_mask, load_run_coverage, read_coverage, summed)
 
 U_MAZE = get_layout("u_maze", 2.0)
 
@@ -148,6 +149,38 @@ def test_uniform_visits_give_entropy_one_and_a_single_cell_gives_zero(tmp_path):
     assert coverage_entropy(single) == 0.0
     empty = read_back(CoverageGrid(U_MAZE, bins_per_cell=2), tmp_path, "empty")
     assert coverage_fraction(empty) == 0.0 and math.isnan(coverage_entropy(empty))
+
+
+def test_bin_coverage_counts_bins_of_free_cells_only():
+    # A hand-made map of the u_maze at k = 2: 7 free cells hold 28 bins. Cell (1, 1) holds bins rows 2-3, cols 2-3.
+    counts = np.zeros((10, 10), dtype=np.int64)
+    counts[2, 2] = 5  # cell (1, 1), two of its four bins
+    counts[3, 2] = 1
+    counts[2, 6] = 1  # cell (1, 3), one bin
+    counts[0, 0] = 9  # wall cell (0, 0): not counted
+    counts[5, 3] = 4  # wall cell (2, 1): not counted
+    cmap = CoverageMap(counts=counts, layout_rows=U_MAZE.rows, scaling=2.0, bins_per_cell=2)
+    assert bin_coverage_fraction(cmap) == pytest.approx(3 / 28)
+    assert coverage_fraction(cmap) == pytest.approx(2 / 7)  # the cell level sees 2 of 7 cells
+    # Every bin of one cell touched: the cell level says 1/7 as before, the bin level 4/28 -- and one bin per
+    # free cell saturates the cell level at 1 while the bin level says 1/4.
+    one_cell = np.zeros_like(counts)
+    one_cell[2:4, 2:4] = 1
+    assert bin_coverage_fraction(dataclasses.replace(cmap, counts=one_cell)) == pytest.approx(4 / 28)
+    corners = np.zeros_like(counts)
+    for i, j in U_MAZE.free_cells:
+        corners[2 * i, 2 * j] = 1
+    spread = dataclasses.replace(cmap, counts=corners)
+    assert coverage_fraction(spread) == 1.0 and bin_coverage_fraction(spread) == pytest.approx(1 / 4)
+    assert bin_coverage_fraction(dataclasses.replace(cmap, counts=np.zeros_like(counts))) == 0.0
+
+
+def test_layout_wall_mask_parses_and_refuses():
+    np.testing.assert_array_equal(layout_wall_mask(["#.", "RG"]), [[True, False], [False, False]])
+    with pytest.raises(ValueError, match="where: unknown layout characters"):
+        layout_wall_mask(["#x"], "where")
+    with pytest.raises(ValueError, match="not a non-empty rectangle"):
+        layout_wall_mask(["#.", "#"])
 
 
 def test_a_run_sums_all_its_actors_and_reports_a_broken_file(tmp_path):
