@@ -5,9 +5,13 @@ Per (env, collector depth, learner) the final values of the seeds are averaged; 
 standard deviation (ddof=1) / sqrt(n), undefined (NaN, printed "n/a") for a single seed. Columns of `ablation_table`:
 
 ``env, collector_depth, learner ("collector" = the collector's own eval, else a passive learner's name, e.g.
-"learner_d4"), learner_depth, n_seeds, {metric}_mean, {metric}_se`` for each metric in `FINAL_METRICS`, and, when
-coverage was measured, ``coverage_fraction_mean/_se, coverage_entropy_mean/_se`` of the collector depth (the same on
-every row of that depth: exploration belongs to the collector, not to a learner).
+"learner_d4"), learner_depth, n_seeds, {metric}_mean, {metric}_se`` for each metric in `FINAL_METRICS` and each
+of `PROBE_METRICS` that some evaluation row holds (runs written before the probes have none, and their table is
+what it always was), and, when coverage was measured, ``coverage_fraction_mean/_se, bin_coverage_mean/_se,
+coverage_entropy_mean/_se`` of the collector depth (the same on every row of that depth: exploration belongs to the
+collector, not to a learner). A run that lacks a metric another run logs is left out of that metric's mean (NaN is
+not a value), not counted as 0; so each probe metric also has ``{metric}_n``, the runs its mean is over (``n_seeds``
+counts every run of the group).
 
 Rendering (`ablation_matrix`, `to_markdown`, `to_latex`) lays one metric out as a matrix: a row per collector depth,
 a column for the collector's own eval then one per passive learner depth, then the coverage columns.
@@ -16,17 +20,22 @@ a column for the collector's own eval then one per passive learner depth, then t
 from __future__ import annotations
 
 import math
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
 
-__all__ = ["FINAL_METRICS", "ablation_matrix", "ablation_table", "coverage_summary", "final_evals", "mean_se",
-           "to_latex", "to_markdown"]
+__all__ = ["FINAL_METRICS", "PROBE_METRICS", "ablation_matrix", "ablation_table", "coverage_summary", "final_evals",
+           "mean_se", "table_metrics", "to_latex", "to_markdown"]
 
 FINAL_METRICS = ("time_at_goal", "success_any")
 """Evaluation metrics summarised in the ablation table."""
+PROBE_METRICS = ("topo_rank_corr_geodesic", "topo_rank_corr_euclidean", "topo_through_wall_fraction",
+                 "heldout_critic_accuracy", "heldout_critic_loss")
+"""Evaluation metrics of the critic probes (the maze-topology probe of `analysis.topology`, the critic's accuracy
+and loss on held-out data), summarised like `FINAL_METRICS` where some evaluation row holds them."""
 LAST_N_EVALS = 5
-COVERAGE_METRICS = ("coverage_fraction", "coverage_entropy")
+COVERAGE_METRICS = ("coverage_fraction", "bin_coverage", "coverage_entropy")
 _GROUP = ["env", "collector_depth", "learner", "learner_depth"]
 
 
@@ -66,14 +75,21 @@ def final_evals(frame: pd.DataFrame, last_n: int = LAST_N_EVALS, metrics=FINAL_M
     return out
 
 
+def table_metrics(frame: pd.DataFrame) -> tuple[str, ...]:
+    """`FINAL_METRICS`, then those of `PROBE_METRICS` that some evaluation row of `frame` (a `load` frame) holds."""
+    evals = frame[frame["kind"] == "eval"]
+    return FINAL_METRICS + tuple(m for m in PROBE_METRICS if m in evals and evals[m].notna().any())
+
+
 def coverage_summary(coverage: pd.DataFrame) -> pd.DataFrame:
-    """Per (env, collector_depth): n_coverage_runs and mean/SE over seeds of coverage_fraction and coverage_entropy
-    (input: `analysis.coverage.coverage_frame`)."""
+    """Per (env, collector_depth): n_coverage_runs and mean/SE over seeds of coverage_fraction, bin_coverage and
+    coverage_entropy (input: `analysis.coverage.coverage_frame`; a column it lacks gives NaN)."""
     rows = []
     for (env, depth), group in coverage.groupby(["env", "collector_depth"], sort=True):
         row = {"env": env, "collector_depth": depth, "n_coverage_runs": len(group)}
         for metric in COVERAGE_METRICS:
-            row[f"{metric}_mean"], row[f"{metric}_se"], _ = mean_se(group[metric])
+            values = group[metric] if metric in group else [math.nan]
+            row[f"{metric}_mean"], row[f"{metric}_se"], _ = mean_se(values)
         rows.append(row)
     columns = ["env", "collector_depth", "n_coverage_runs"] + [f"{m}_{s}" for m in COVERAGE_METRICS
                                                                for s in ("mean", "se")]
@@ -83,18 +99,23 @@ def coverage_summary(coverage: pd.DataFrame) -> pd.DataFrame:
 
 
 def ablation_table(frame: pd.DataFrame, last_n: int = LAST_N_EVALS, coverage: pd.DataFrame | None = None,
-                   metrics=FINAL_METRICS) -> pd.DataFrame:
+                   metrics: Sequence[str] | None = None) -> pd.DataFrame:
     """The long ablation table described in the module docstring. `frame` is `analysis.load.load(...).frame`;
-    `coverage` (optional) is `analysis.coverage.coverage_frame(...)[0]`."""
+    `coverage` (optional) is `analysis.coverage.coverage_frame(...)[0]`; `metrics` defaults to
+    `table_metrics(frame)`."""
+    metrics = table_metrics(frame) if metrics is None else tuple(metrics)
     finals = final_evals(frame, last_n, metrics)
     rows = []
     for key, group in finals.groupby(_GROUP, sort=False, dropna=False):
         row = dict(zip(_GROUP, key))
         row["n_seeds"] = len(group)
         for metric in metrics:
-            row[f"{metric}_mean"], row[f"{metric}_se"], _ = mean_se(group[metric])
+            row[f"{metric}_mean"], row[f"{metric}_se"], n = mean_se(group[metric])
+            if metric in PROBE_METRICS:
+                row[f"{metric}_n"] = n
         rows.append(row)
-    columns = _GROUP + ["n_seeds"] + [f"{m}_{s}" for m in metrics for s in ("mean", "se")]
+    columns = _GROUP + ["n_seeds"] + [f"{m}_{s}" for m in metrics
+                                      for s in (("mean", "se", "n") if m in PROBE_METRICS else ("mean", "se"))]
     table = pd.DataFrame(rows, columns=columns)
     for c in ("collector_depth", "learner_depth"):
         table[c] = table[c].astype("Int64")
@@ -115,27 +136,31 @@ def _fmt(mean: float, se: float, n: int | None = None) -> str:
 
 def ablation_matrix(table: pd.DataFrame, metric: str = "time_at_goal") -> pd.DataFrame:
     """`metric` of `ablation_table` as a matrix of "mean ± SE (n=...)" strings: a row per (env,) collector depth;
-    columns "collector (own eval)", "learner d{D}" per passive depth, then coverage fraction/entropy when present.
+    columns "collector (own eval)", "learner d{D}" per passive depth, then coverage fraction, bin coverage and
+    entropy when present.
     The env column is kept only when the table holds several envs."""
     learner_depths = sorted({int(d) for d in table.loc[table["learner"] != "collector", "learner_depth"].dropna()})
     has_coverage = "coverage_fraction_mean" in table.columns
     several_envs = table["env"].nunique(dropna=False) > 1
+    n_column = f"{metric}_n" if f"{metric}_n" in table.columns else "n_seeds"
     rows = []
     for (env, depth), group in table.groupby(["env", "collector_depth"], sort=True, dropna=False):
         row = {"env": env} if several_envs else {}
         row["collector depth"] = "–" if pd.isna(depth) else str(int(depth))
         own = group[group["learner"] == "collector"]
         row["collector (own eval)"] = (_fmt(own[f"{metric}_mean"].iloc[0], own[f"{metric}_se"].iloc[0],
-                                            int(own["n_seeds"].iloc[0])) if len(own) else "–")
+                                            int(own[n_column].iloc[0])) if len(own) else "–")
         for d in learner_depths:
             cell = group[(group["learner"] != "collector") & (group["learner_depth"] == d)]
             row[f"learner d{d}"] = (_fmt(cell[f"{metric}_mean"].iloc[0], cell[f"{metric}_se"].iloc[0],
-                                         int(cell["n_seeds"].iloc[0])) if len(cell) else "–")
+                                         int(cell[n_column].iloc[0])) if len(cell) else "–")
         if has_coverage:
             first = group.iloc[0]
             n = first.get("n_coverage_runs")
             n = None if pd.isna(n) else int(n)
             row["coverage fraction"] = _fmt(first["coverage_fraction_mean"], first["coverage_fraction_se"], n)
+            if "bin_coverage_mean" in table.columns:
+                row["bin coverage"] = _fmt(first["bin_coverage_mean"], first["bin_coverage_se"], n)
             row["coverage entropy"] = _fmt(first["coverage_entropy_mean"], first["coverage_entropy_se"], n)
         rows.append(row)
     return pd.DataFrame(rows)

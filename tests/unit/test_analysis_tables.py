@@ -13,14 +13,15 @@ Coverage (C=4 only): seed s visits s + 1 free cells once each -> fraction (s + 1
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
 
 from analysis.coverage import coverage_frame
 from analysis.load import load
-from analysis.tables import (ablation_matrix, ablation_table, coverage_summary, final_evals, mean_se, to_latex,
-                             to_markdown)
+from analysis.tables import (FINAL_METRICS, PROBE_METRICS, ablation_matrix, ablation_table, coverage_summary,
+                             final_evals, mean_se, table_metrics, to_latex, to_markdown)
 from tests.unit.test_analysis_load import write_run
 
 FINALS = {
@@ -115,10 +116,13 @@ def test_coverage_columns_per_collector_depth(grid):
     assert by_run.loc["runs/c4_s2", "coverage_fraction"] == pytest.approx(3 / 7)
     assert by_run.loc["runs/c4_s2", "coverage_entropy"] == pytest.approx(math.log(3) / math.log(7))
     assert by_run.loc["runs/c4_s2", "coverage_count"] == 6  # both actors' files summed
+    # One bin per visited cell (a cell centre (2i, 2j) at s = 2, k = 2 falls in bin (2i + 1, 2j + 1)); 28 free bins.
+    assert by_run.loc["runs/c4_s2", "bin_coverage"] == pytest.approx(3 / 28)
     summary = coverage_summary(coverage).iloc[0]
     assert summary["collector_depth"] == 4 and summary["n_coverage_runs"] == 3
     assert summary["coverage_fraction_mean"] == pytest.approx(2 / 7)
     assert summary["coverage_fraction_se"] == pytest.approx((1 / 7) / math.sqrt(3))
+    assert summary["bin_coverage_mean"] == pytest.approx(2 / 28)
     entropies = [0.0, math.log(2) / math.log(7), math.log(3) / math.log(7)]
     assert summary["coverage_entropy_mean"] == pytest.approx(sum(entropies) / 3)
 
@@ -128,10 +132,12 @@ def test_rendered_matrix_markdown_and_latex(grid):
     table = ablation_table(frame, coverage=coverage)
     matrix = ablation_matrix(table, "time_at_goal")
     assert list(matrix.columns) == ["collector depth", "collector (own eval)", "learner d4", "learner d16",
-                                    "coverage fraction", "coverage entropy"]
+                                    "coverage fraction", "bin coverage", "coverage entropy"]
     assert matrix.iloc[0].tolist()[:4] == ["4", "20.00 ± 5.77 (n=3)", "3.00 ± 1.53 (n=3)", "40.00 ± 0.00 (n=3)"]
     assert matrix.iloc[0]["coverage fraction"] == "0.29 ± 0.08 (n=3)"
-    assert matrix.iloc[1].tolist() == ["16", "50.00 ± n/a (n=1)", "7.00 ± n/a (n=1)", "60.00 ± n/a (n=1)", "–", "–"]
+    assert matrix.iloc[0]["bin coverage"] == "0.07 ± 0.02 (n=3)"  # 2/28 ± (1/28)/sqrt(3)
+    assert matrix.iloc[1].tolist() == ["16", "50.00 ± n/a (n=1)", "7.00 ± n/a (n=1)", "60.00 ± n/a (n=1)", "–", "–",
+                                       "–"]
     md = to_markdown(matrix)
     lines = md.splitlines()
     assert lines[0].startswith("| collector depth | collector (own eval) |") and lines[1].startswith("|---|")
@@ -149,3 +155,45 @@ def test_a_table_without_coverage_has_no_coverage_columns(grid):
     table = ablation_table(frame)
     assert "coverage_fraction_mean" not in table.columns
     assert "coverage fraction" not in ablation_matrix(table).columns
+
+
+def test_runs_without_probe_metrics_get_the_table_they_always_had(grid):
+    frame, coverage = grid
+    assert table_metrics(frame) == FINAL_METRICS
+    table = ablation_table(frame, coverage=coverage)
+    assert not any(c.startswith(("topo_", "heldout_")) for c in table.columns)
+    assert [c for c in table.columns if c.endswith("_n")] == []
+
+
+def add_probe_metrics(run_dir, role: str, values: dict[str, float]) -> None:
+    """Add `values` (metric -> value) to every evaluation row of `role` in a synthetic run, as the evaluator logs
+    them: prefixed with the role. The rows stay the same rows, so the other metrics' finals do not move."""
+    path = run_dir / "metrics" / f"{role}.jsonl"
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    path.write_text("".join(json.dumps(row | {f"{role}/{k}": v for k, v in values.items()}) + "\n" for row in rows))
+
+
+def test_probe_metrics_join_the_table_where_runs_log_them(tmp_path):
+    # Seeds 0 and 1 of C=4 log the probes (older runs, seed 2 and C=16, do not): the mean is over the runs that do.
+    root = make_grid(tmp_path / "grid")
+    for seed, through_wall in ((0, 0.25), (1, 0.75)):
+        for learner in ("collector", "learner_d4", "learner_d16"):
+            add_probe_metrics(root / "runs" / f"c4_s{seed}", f"eval_{learner}",
+                              {"topo_rank_corr_geodesic": 0.5 + 0.1 * seed, "topo_through_wall_fraction": through_wall,
+                               "heldout_critic_accuracy": 0.9})
+    frame = load(root).frame
+    assert table_metrics(frame) == FINAL_METRICS + ("topo_rank_corr_geodesic", "topo_through_wall_fraction",
+                                                    "heldout_critic_accuracy")
+    table = ablation_table(frame)
+    r = row(table, 4, "learner_d4")
+    assert r["time_at_goal_mean"] == pytest.approx(3.0)  # unchanged
+    assert r["topo_through_wall_fraction_mean"] == pytest.approx(0.5)
+    assert r["topo_through_wall_fraction_se"] == pytest.approx(0.25)  # std 0.3536 / sqrt(2)
+    assert r["topo_through_wall_fraction_n"] == 2 and r["n_seeds"] == 3  # the n of the mean: runs that log it
+    assert r["topo_rank_corr_geodesic_mean"] == pytest.approx(0.55)
+    assert "topo_rank_corr_euclidean_mean" not in table.columns  # no run logs it
+    assert math.isnan(row(table, 16, "learner_d4")["topo_through_wall_fraction_mean"])
+    matrix = ablation_matrix(table, "topo_through_wall_fraction")
+    assert matrix.iloc[0]["learner d4"] == "0.50 ± 0.25 (n=2)"
+    assert matrix.iloc[1]["learner d4"] == "–"
+    assert set(PROBE_METRICS) >= set(table_metrics(frame)) - set(FINAL_METRICS)
