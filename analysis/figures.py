@@ -3,11 +3,12 @@
 Figures are built with `matplotlib.figure.Figure` directly, never through `pyplot`: no global figure registry to
 leak memory across a long report, no GUI backend, and saving renders with Agg (PNG) / the PDF backend. The inputs
 are the frames of `analysis.load` / `analysis.tables` (and, for coverage maps, the summed `CoverageMap`s of
-`analysis.coverage`, which are 2-D arrays rather than rows).
+`analysis.coverage`, and for Q-maps the `QMap`s of `analysis.topology`: arrays over the maze rather than rows).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -19,9 +20,11 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 from matplotlib.ticker import NullFormatter, ScalarFormatter
 
-from analysis.coverage import CoverageMap, coverage_entropy, coverage_fraction
+from analysis.coverage import CoverageMap, bin_coverage_fraction, coverage_entropy, coverage_fraction, layout_wall_mask
+from analysis.topology import QMap
 
-__all__ = ["coverage_figure", "diagnostics_figure", "expressivity_figure", "learning_curves_figure", "save_figure"]
+__all__ = ["coverage_figure", "diagnostics_figure", "expressivity_figure", "learning_curves_figure", "qmap_figure",
+           "save_figure"]
 
 X_LABELS = {"env_steps": "env steps", "wall_time": "wall-clock time (s)", "grad_steps": "grad steps"}
 COLLECTOR_COLOR = "black"
@@ -208,11 +211,70 @@ def coverage_figure(grids: Mapping[str, CoverageMap]) -> Figure:
         ax.set_xlabel("world y")
         ax.set_ylabel("world x")
         ax.set_title(f"{title}\nvisited {coverage_fraction(grid):.0%} of free cells, "
-                     f"entropy {coverage_entropy(grid):.2f}", fontsize=9)
+                     f"{bin_coverage_fraction(grid):.0%} of their bins, entropy {coverage_entropy(grid):.2f}",
+                     fontsize=9)
         fig.colorbar(image, ax=ax, shrink=0.8, label="visits per bin")
     if not grids:
         axes[0].set_title("no coverage files")
         axes[0].set_axis_off()
+    return fig
+
+
+def _qmap_image(qmap: QMap, values: np.ndarray) -> np.ndarray:
+    """``values [N]`` over the Q-map's nodes as a masked image ``[n_rows k, n_cols k]`` (rows along world x, columns
+    along world y, one pixel per sub-cell; walls masked): a node's pixel is the sub-cell holding its position."""
+    n_rows, n_cols = len(qmap.layout_rows), len(qmap.layout_rows[0])
+    k, s = qmap.nodes_per_cell, qmap.scaling
+    image = np.full((n_rows * k, n_cols * k), np.nan)
+    sub = np.floor((qmap.node_xy + s / 2) / (s / k)).astype(np.int64)
+    sub = np.clip(sub, 0, [n_rows * k - 1, n_cols * k - 1])
+    image[sub[:, 0], sub[:, 1]] = values
+    return np.ma.masked_invalid(image)
+
+
+def qmap_figure(qmaps: Sequence[QMap], path: Path | None = None) -> Figure:
+    """One panel per Q-map (title: learner and critic depth): the critic's energy from the start (white star) to
+    every node of the maze's free space, one colour scale per panel (energies of different critics are not on one
+    scale), walls grey; world x runs down and world y right, as in `coverage_figure`. A first panel shows the
+    negated geodesic distance from the same start (`analysis.topology.FreeSpaceGrid`), the picture of a critic that
+    follows the maze exactly. With `path`, the figure is also written there (one file, the format its suffix says);
+    `save_figure` writes PNG + PDF."""
+    qmaps = list(qmaps)
+    n = len(qmaps) + (1 if qmaps else 0)
+    fig = Figure(figsize=(4.3 * max(n, 1), 4.0), layout="constrained")
+    axes = fig.subplots(1, max(n, 1), squeeze=False)[0]
+    if not qmaps:
+        axes[0].set_title("no Q-maps")
+        axes[0].set_axis_off()
+    else:
+        first = qmaps[0]
+        grid = first.grid()
+        start = grid.nearest_node(first.start_xy)
+        reference = dataclasses.replace(first, energy=-grid.geodesic_from(np.atleast_1d(start))[0],
+                                        node_xy=grid.node_xy)
+        panels = [(reference, "maze: −geodesic distance\n(a critic that follows the maze)", "−geodesic")]
+        panels += [(q, f"{q.learner} (critic depth {q.critic_depth})\n{q.env_steps:,} env steps, "
+                       f"{q.grad_steps:,} grad steps", "critic energy") for q in qmaps]
+        for ax, (qmap, title, label) in zip(axes, panels):
+            s = qmap.scaling
+            n_rows, n_cols = len(qmap.layout_rows), len(qmap.layout_rows[0])
+            x_min, x_max, y_min, y_max = -s / 2, (n_rows - 0.5) * s, -s / 2, (n_cols - 0.5) * s
+            image = ax.imshow(_qmap_image(qmap, np.asarray(qmap.energy, dtype=np.float64)), origin="upper",
+                              extent=(y_min, y_max, x_max, x_min), cmap="viridis", interpolation="nearest")
+            for i, j in np.argwhere(layout_wall_mask(qmap.layout_rows)):
+                ax.add_patch(Rectangle((j * s - s / 2, i * s - s / 2), s, s, facecolor="0.55", edgecolor="0.4"))
+            ax.plot([qmap.start_xy[1]], [qmap.start_xy[0]], marker="*", markersize=14, color="white",
+                    markeredgecolor="black", linestyle="none")
+            ax.set_xlim(y_min, y_max)
+            ax.set_ylim(x_max, x_min)
+            ax.set_aspect("equal")
+            ax.set_xlabel("world y")
+            ax.set_ylabel("world x")
+            ax.set_title(title, fontsize=9)
+            fig.colorbar(image, ax=ax, shrink=0.8, label=label)
+    if path is not None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=150)
     return fig
 
 

@@ -3,8 +3,12 @@ as one ``report.md`` with its figures (PNG + PDF) and tables (Markdown, LaTeX, C
 
 Exit codes: 0 report written; 2 bad input (DIR missing or not a directory, no run directories below it, no metric
 rows in any of them, the output cannot be written), with a message on stderr. Damaged files (a JSONL line cut short
-by a crash, an unreadable coverage file) do not stop the report: each is printed to stderr as a warning and listed
-in the report's Warnings section, saying what was read and what was skipped.
+by a crash, an unreadable coverage or probe file) do not stop the report: each is printed to stderr as a warning and
+listed in the report's Warnings section, saying what was read and what was skipped.
+
+Q-maps (``probes/<learner>.npz``, see `analysis.topology`): per (env, collector depth), the probe files of its run with
+the lowest seed that has any are drawn into one figure, ``figures/qmap.png`` when there is one such figure and
+``figures/qmap_c{depth}.png`` (``qmap_{env}_c{depth}.png`` with several envs) otherwise.
 """
 
 from __future__ import annotations
@@ -19,9 +23,11 @@ import pandas as pd
 
 from analysis.coverage import coverage_frame, merge_by_collector_depth
 from analysis.figures import (coverage_figure, diagnostics_figure, expressivity_figure, learning_curves_figure,
-                              save_figure)
-from analysis.load import LoadResult, load
-from analysis.tables import FINAL_METRICS, LAST_N_EVALS, ablation_matrix, ablation_table, to_latex, to_markdown
+                              qmap_figure, save_figure)
+from analysis.load import LoadResult, RunInfo, load
+from analysis.tables import (FINAL_METRICS, LAST_N_EVALS, PROBE_METRICS, ablation_matrix, ablation_table,
+                            table_metrics, to_latex, to_markdown)
+from analysis.topology import QMap, load_run_qmaps
 
 __all__ = ["build_report", "main"]
 
@@ -67,6 +73,22 @@ def _runs_table(result: LoadResult) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _qmaps_by_collector_depth(runs: list[RunInfo], problems: list[str]) -> dict[tuple[str, int], list[QMap]]:
+    """Per (env, collector depth): the Q-maps of its run with the lowest seed that has probe files (unreadable
+    files are added to `problems`)."""
+    chosen: dict[tuple[str, int], tuple[int, list[QMap]]] = {}
+    for info in runs:
+        if info.collector_depth is None:
+            continue
+        qmaps, run_problems = load_run_qmaps(info.path)
+        problems.extend(run_problems)
+        key = (str(info.env), int(info.collector_depth))
+        seed = info.seed if info.seed is not None else 2**62  # a run without a seed comes last
+        if qmaps and (key not in chosen or seed < chosen[key][0]):
+            chosen[key] = (seed, qmaps)
+    return {key: qmaps for key, (_, qmaps) in sorted(chosen.items())}
+
+
 def build_report(root: Path, out: Path, last_n: int = LAST_N_EVALS) -> tuple[Path, str, list[str]]:
     """Write the report of `root` into `out`; returns (report path, the printed ablation table, problems).
     Raises ReportError on bad input (nothing is written then)."""
@@ -86,16 +108,17 @@ def build_report(root: Path, out: Path, last_n: int = LAST_N_EVALS) -> tuple[Pat
         raise ReportError(f"{root}: {len(result.runs)} run director(ies) but no metric rows in any of them")
     coverage, grids, coverage_problems = coverage_frame(result.runs)
     problems += coverage_problems
+    qmaps = _qmaps_by_collector_depth(result.runs, problems)
     table = ablation_table(frame, last_n, coverage if len(coverage) else None)
     if out.exists() and not out.is_dir():
         raise ReportError(f"--out {out} exists and is not a directory")
     try:
-        return _write(root, out, result, table, coverage, grids, problems, last_n)
+        return _write(root, out, result, table, coverage, grids, qmaps, problems, last_n)
     except OSError as e:
         raise ReportError(f"cannot write the report into {out}: {e}") from None
 
 
-def _write(root, out, result, table, coverage, grids, problems, last_n) -> tuple[Path, str, list[str]]:
+def _write(root, out, result, table, coverage, grids, qmaps, problems, last_n) -> tuple[Path, str, list[str]]:
     frame = result.frame
     out.mkdir(parents=True, exist_ok=True)
     (out / TABLES_DIR).mkdir(exist_ok=True)
@@ -113,10 +136,20 @@ def _write(root, out, result, table, coverage, grids, problems, last_n) -> tuple
               "the eval role of each learner). Cells: mean ± standard error over seeds (sample std, ddof=1, / "
               "sqrt(n)); n/a with one seed. *collector (own eval)*: the policy that collected the data; *learner "
               "dD*: a passive learner of depth D trained only on that data. Coverage: fraction of free maze cells "
-              "the collector's data visited, and the normalised entropy of the cell visitation.\n")
+              "the collector's data visited, the same over the bins of those cells (bin coverage), and the "
+              "normalised entropy of the cell visitation.\n")
+    metrics = table_metrics(frame)
+    probes = [m for m in metrics if m in PROBE_METRICS]
+    if probes:
+        md.append("Critic probes (" + ", ".join(probes) + "): *topo rank corr geodesic / euclidean* = Spearman "
+                  "correlation of the critic's energy with minus the maze's geodesic / Euclidean distance over fixed "
+                  "(start, goal) pairs; *topo through wall fraction* = of the goal pairs where a wall makes the "
+                  "nearer-by-Euclid goal the farther one along the maze, the fraction the critic ranks the maze's way "
+                  "(1 follows the maze, 0 cuts through walls); *heldout critic accuracy / loss* = the critic on data "
+                  "it was not trained on. Means are over the runs that log a metric (its n).\n")
     table.to_csv(out / TABLES_DIR / "ablation.csv", index=False)
     if len(table):
-        for metric in FINAL_METRICS:
+        for metric in metrics:
             if f"{metric}_mean" not in table:
                 continue
             matrix = ablation_matrix(table, metric)
@@ -137,12 +170,17 @@ def _write(root, out, result, table, coverage, grids, problems, last_n) -> tuple
     if (table["learner"] != "collector").any():
         md.append(_figure_block(out, expressivity_figure(table, "time_at_goal"), "expressivity_time_at_goal",
                                 "Final time at goal against passive learner depth, one line per collector depth"))
+        if "topo_through_wall_fraction" in metrics:
+            md.append(_figure_block(out, expressivity_figure(table, "topo_through_wall_fraction"),
+                                    "expressivity_topo_through_wall_fraction",
+                                    "Final through-wall fraction (1 = the critic follows the maze) against passive "
+                                    "learner depth, one line per collector depth"))
     else:
         md.append("No passive learners (single-process runs): no expressivity curve.\n")
 
     md.append("## Learning curves\n")
     evals = frame[frame["kind"] == "eval"]
-    for metric in FINAL_METRICS:
+    for metric in metrics:
         if metric in evals and evals[metric].notna().any():
             md.append(_figure_block(out, learning_curves_figure(frame, metric, ("eval",)), f"curves_{metric}",
                                     f"Evaluation {metric.replace('_', ' ')} per learner, against env steps and "
@@ -157,6 +195,7 @@ def _write(root, out, result, table, coverage, grids, problems, last_n) -> tuple
     if len(coverage):
         md.append(to_markdown(coverage.assign(
             coverage_fraction=coverage["coverage_fraction"].map("{:.3f}".format),
+            bin_coverage=coverage["bin_coverage"].map("{:.3f}".format),
             coverage_entropy=coverage["coverage_entropy"].map("{:.3f}".format))))
         merged = merge_by_collector_depth(coverage, grids)
         several_envs = len({env for env, _ in merged}) > 1
@@ -166,6 +205,19 @@ def _write(root, out, result, table, coverage, grids, problems, last_n) -> tuple
                                 "Achieved-goal visits of all actors, summed over seeds, per collector depth"))
     else:
         md.append("No coverage files (`coverage/*.npz`, written by the actors of maze envs).\n")
+
+    md.append("## Q-maps (the critic's energy over the maze)\n")
+    if qmaps:
+        several_envs = len({env for env, _ in qmaps}) > 1
+        md.append("Per collector depth, the run with the lowest seed: each learner's critic energy from one start "
+                  "to every point of the free space, beside minus the geodesic distance (what a critic that "
+                  "follows the maze would draw).\n")
+        for (env, depth), maps in qmaps.items():
+            stem = "qmap" if len(qmaps) == 1 else (f"qmap_{env}_c{depth}" if several_envs else f"qmap_c{depth}")
+            label = (f"{env}, " if several_envs else "") + f"collector depth {depth}"
+            md.append(_figure_block(out, qmap_figure(maps), stem, f"Q-maps, {label}"))
+    else:
+        md.append("No probe files (`probes/*.npz`, written by the maze-topology probe).\n")
 
     md.append("## Diagnostics\n")
     if any(m in learners and learners[m].notna().any() for m in ("policy_lag", "update_to_data")):

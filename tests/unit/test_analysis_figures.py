@@ -14,8 +14,9 @@ from actors.coverage import CoverageGrid, coverage_path
 from actors.envs.mazes import get_layout
 from analysis.coverage import coverage_frame, merge_by_collector_depth, read_coverage
 from analysis.figures import (coverage_figure, diagnostics_figure, expressivity_figure, learning_curves_figure,
-                              save_figure)
+                              qmap_figure, save_figure)
 from analysis.load import load
+from analysis.topology import FreeSpaceGrid, qmap_path, save_qmap
 from analysis.tables import ablation_table
 from tests.unit.test_analysis_tables import make_grid
 
@@ -109,6 +110,36 @@ def test_coverage_map_shows_the_summed_counts_over_the_maze(data, tmp_path):
     n_walls = int(get_layout("u_maze", 2.0).wall_mask.sum())
     assert len(ax.patches) == n_walls + 6 + 1  # walls + 6 goal outlines + 1 start outline
     assert "visited 43% of free cells" in ax.get_title()
+    assert "11% of their bins" in ax.get_title()  # 3 of the 28 bins of free cells
+
+
+def test_qmap_figure_draws_each_learners_energy_over_the_maze_beside_the_geodesic(tmp_path):
+    grid = FreeSpaceGrid.from_layout(get_layout("u_maze", 2.0).rows, 2.0, nodes_per_cell=2)
+    start = int(grid.nearest_node(np.array([2.0, 2.0])))
+    energy = np.arange(grid.n_nodes, dtype=np.float32)
+    qmaps = [save_qmap(qmap_path(tmp_path, name), energy=energy * sign, grid=grid, start_xy=grid.node_xy[start],
+                       env_steps=5000, grad_steps=70, learner=name, critic_depth=depth)
+             for name, depth, sign in (("collector", 4, 1.0), ("learner_d64", 64, -1.0))]
+    fig = qmap_figure(qmaps, tmp_path / "qmap.png")
+    assert (tmp_path / "qmap.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    axes = _main_axes(fig)
+    assert len(axes) == 3  # the -geodesic reference, then one panel per learner
+    assert axes[1].get_title().startswith("collector (critic depth 4)")
+    assert axes[2].get_title().startswith("learner_d64 (critic depth 64)")
+    ax = axes[1]
+    assert ax.get_xlabel() == "world y" and ax.get_ylabel() == "world x"
+    assert ax.get_ylim() == (9.0, -1.0)  # x down the page, like the layout text and the coverage maps
+    (image,) = ax.get_images()
+    pixels = image.get_array()
+    # One pixel per node (k = 2: a bin of 1 world unit); node 0 is the first sub-cell of cell (1, 1): pixel (2, 2).
+    assert pixels.shape == (10, 10) and pixels[2, 2] == 0.0 and pixels.count() == grid.n_nodes
+    assert pixels.mask[0, 0] and pixels.mask[5, 2]  # walls are not painted
+    (star,) = ax.lines
+    assert list(star.get_xdata()) == [grid.node_xy[start, 1]] and list(star.get_ydata()) == [grid.node_xy[start, 0]]
+    reference = axes[0].get_images()[0].get_array()
+    # -geodesic: 0 at the start node, (2, 2) -> the sub-cell starting there, pixel (3, 3); -sqrt(2) one step off.
+    assert reference.max() == 0.0 and reference[3, 3] == 0.0 and reference[2, 2] == pytest.approx(-math.sqrt(2))
+    assert len(_main_axes(qmap_figure([]))) == 1
 
 
 def test_save_figure_writes_png_and_pdf(tmp_path, data):

@@ -13,11 +13,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from analysis.report import main
+from analysis.topology import FreeSpaceGrid, qmap_path, save_qmap
 from tests.unit.test_analysis_load import write_run
-from tests.unit.test_analysis_tables import make_grid
+from tests.unit.test_analysis_tables import add_probe_metrics, make_grid
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -89,6 +91,44 @@ def test_a_truncated_jsonl_still_gives_a_report_with_a_warning(tmp_path, capsys)
     assert (run / "figures" / "diagnostics.png").is_file()  # update_to_data is logged by the train learner too
 
 
+def test_a_run_with_probe_files_and_probe_metrics_gets_a_qmap_figure_and_probe_tables(tmp_path, capsys):
+    run = write_run(tmp_path / "r", collector_depth=4, seed=0, learner_depths=(64,))
+    for role, value in (("eval_collector", 0.2), ("eval_learner_d64", 0.9)):
+        add_probe_metrics(run, role, {"topo_through_wall_fraction": value, "topo_rank_corr_geodesic": value - 0.1})
+    grid = FreeSpaceGrid.from_layout("#####/#RGG#/###G#/#GGG#/#####".split("/"), scaling=2.0, nodes_per_cell=4)
+    start = int(grid.nearest_node([2.0, 2.0]))
+    geodesic = grid.geodesic_from([start])[0]
+    euclidean = grid.euclidean_from([start])[0]
+    for learner, depth, energy in (("collector", 4, -euclidean), ("learner_d64", 64, -geodesic)):
+        save_qmap(qmap_path(run, learner), energy=energy, grid=grid, start_xy=grid.node_xy[start], env_steps=6000,
+                  grad_steps=300, learner=learner, critic_depth=depth)
+    (run / "probes" / "broken.npz").write_bytes(b"not a zip")
+    assert main([str(run)]) == 0
+    assert "broken.npz" in capsys.readouterr().err  # a damaged probe file is a warning, not a failure
+    report = (run / "report.md").read_text()
+    assert "![Q-maps, collector depth 4](figures/qmap.png)" in report
+    assert (run / "figures" / "qmap.png").stat().st_size > 0 and (run / "figures" / "qmap.pdf").is_file()
+    assert "### Final topo through wall fraction" in report and "| 4 | 0.20 ± n/a (n=1) | 0.90 ± n/a (n=1) |" in report
+    assert "### Final topo rank corr geodesic" in report and "### Final heldout" not in report  # not logged
+    assert (run / "figures" / "expressivity_topo_through_wall_fraction.png").is_file()
+    assert (run / "tables" / "ablation_topo_through_wall_fraction.tex").is_file()
+    links = re.findall(r"\]\(([^)]+)\)", report)
+    assert all((run / link).is_file() for link in links)
+
+
+def test_a_grid_draws_one_qmap_figure_per_collector_depth_from_its_lowest_seed(tmp_path):
+    root = make_grid(tmp_path / "grid")
+    grid = FreeSpaceGrid.from_layout("#####/#RGG#/###G#/#GGG#/#####".split("/"), scaling=2.0, nodes_per_cell=2)
+    for run, depth in (("c4_s2", 4), ("c4_s1", 4), ("c16_s0", 16)):
+        save_qmap(qmap_path(root / "runs" / run, "collector"), energy=np.zeros(grid.n_nodes), grid=grid,
+                  start_xy=grid.node_xy[0], env_steps=1, grad_steps=1, learner="collector", critic_depth=depth)
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert main([str(root), "--out", str(tmp_path / "out")]) == 0
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "(figures/qmap_c4.png)" in report and "(figures/qmap_c16.png)" in report
+    assert not (tmp_path / "out" / "figures" / "qmap.png").exists()
+
+
 @pytest.mark.parametrize("setup", ["missing", "empty", "no_rows", "a_file"])
 def test_bad_input_exits_2_with_a_message_and_writes_nothing(tmp_path, capsys, setup):
     target = tmp_path / "target"
@@ -126,8 +166,8 @@ sys.exit(1 if bad else 0)
 
 
 def test_analysis_and_coverage_modules_load_no_jax_reverb_or_tensorflow(tmp_path):
-    modules = ["analysis.load", "analysis.tables", "analysis.coverage", "analysis.figures", "analysis.report",
-               "actors.coverage"]
+    modules = ["analysis.load", "analysis.tables", "analysis.coverage", "analysis.topology", "analysis.figures",
+               "analysis.report", "actors.coverage"]
     result = subprocess.run([sys.executable, "-c", CHECK, *modules], cwd=REPO, capture_output=True, text=True,
                             timeout=120, env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
     assert result.returncode == 0, result.stdout + result.stderr[-2000:]
