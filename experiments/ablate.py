@@ -116,6 +116,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--collector-depths", help="comma-separated collector depths, e.g. 4,32")
     p.add_argument("--learner-depths", help="comma-separated passive-learner depths hosted by every run, e.g. 4,32")
     p.add_argument("--seeds", type=int, help="number of seeds per (env, collector depth); seeds 0..N-1")
+    p.add_argument("--first-seed", type=int, default=0,
+                   help="seeds FIRST..FIRST+N-1 instead (pilot runs on seeds >= 100 keep 0..N-1 for the final grid)")
     p.add_argument("--grid-dir", type=Path, help="directory of the grid (default: runs/ablate_<preset or env>)")
     p.add_argument("--parallel", type=int, default=1, help="runs at a time (default 1: one after another)")
     p.add_argument("--no-report", action="store_true", help="skip the report after the last run")
@@ -146,6 +148,8 @@ def plan_grid(args: argparse.Namespace, run_args: list[str]) -> tuple[dict, list
     seeds = args.seeds if args.seeds is not None else (preset.seeds if preset else 1)
     if seeds < 1:
         raise GridError(f"--seeds must be >= 1, got {seeds}")
+    if args.first_seed < 0:
+        raise GridError(f"--first-seed must be >= 0, got {args.first_seed}")
     if args.parallel < 1:
         raise GridError(f"--parallel must be >= 1, got {args.parallel}")
     for flag in ("--run-dir", "--collector-depth", "--seed", "--resume", "--overwrite"):
@@ -164,13 +168,15 @@ def plan_grid(args: argparse.Namespace, run_args: list[str]) -> tuple[dict, list
     runs = []
     for env in envs:
         for depth in collector:
-            for seed in range(seeds):
+            for seed in range(args.first_seed, args.first_seed + seeds):
                 name = f"c{depth}_s{seed}" if len(envs) == 1 else f"{env}/c{depth}_s{seed}"
                 argv = ("--env", env, *shared, "--collector-depth", str(depth),
                         "--learner-depths", ",".join(map(str, learners)), "--seed", str(seed), *group)
                 runs.append(GridRun(name, env, depth, seed, argv))
     spec = {"preset": args.preset, "envs": list(envs), "collector_depths": list(collector),
             "learner_depths": list(learners), "seeds": seeds, "run_args": shared}
+    if args.first_seed:
+        spec["first_seed"] = args.first_seed
     return spec, runs
 
 
