@@ -78,7 +78,8 @@ def _panel_title(env: str, depth: int, several_envs: bool) -> str:
 
 def expressivity_figure(table: pd.DataFrame, metric: str = "time_at_goal") -> Figure:
     """Final `metric` against passive learner depth (log2 axis), one line per collector depth with SE error bars
-    (none where n = 1); the collector's own eval is a star at its own depth, same colour. Input: `ablation_table`."""
+    (none where n = 1); offline learners (`depthrl offline`, named ``offline_d{D}``) dashed in the same colour; the
+    collector's own eval is a star at its own depth, same colour. Input: `ablation_table`."""
     fig = Figure(figsize=(6.0, 4.2), layout="constrained")
     ax = fig.add_subplot()
     passive = table[table["learner"] != "collector"]
@@ -90,12 +91,18 @@ def expressivity_figure(table: pd.DataFrame, metric: str = "time_at_goal") -> Fi
     for i, (env, depth) in enumerate(keys):
         color = cmap(0.85 * i / max(len(keys) - 1, 1))  # stop short of viridis' pale yellow end
         label = (f"{env}, " if several_envs else "") + f"collector depth {depth}"
-        rows = passive[(passive["env"] == env) & (passive["collector_depth"] == depth)].sort_values("learner_depth")
-        if len(rows):
+        mine_passive = passive[(passive["env"] == env) & (passive["collector_depth"] == depth)]
+        offline = mine_passive["learner"].astype(str).str.startswith("offline_")
+        # Online passive learners: solid line; offline learners on the same data (`depthrl offline`): dashed.
+        for rows, style, suffix in ((mine_passive[~offline], "-", ""), (mine_passive[offline], "--", ", offline")):
+            rows = rows.sort_values("learner_depth")
+            if not len(rows):
+                continue
             x = rows["learner_depth"].astype(float).to_numpy()
             all_depths.update(int(d) for d in x)
             ax.errorbar(x, rows[f"{metric}_mean"].to_numpy(float), yerr=rows[f"{metric}_se"].fillna(0).to_numpy(float),
-                        marker="o", capsize=3, color=color, label=label)
+                        marker="o", capsize=3, color=color, linestyle=style, label=label + suffix)
+        rows = mine_passive
         mine = own[(own["env"] == env) & (own["collector_depth"] == depth)]
         if len(mine):
             all_depths.add(depth)

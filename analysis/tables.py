@@ -136,10 +136,14 @@ def _fmt(mean: float, se: float, n: int | None = None) -> str:
 
 def ablation_matrix(table: pd.DataFrame, metric: str = "time_at_goal") -> pd.DataFrame:
     """`metric` of `ablation_table` as a matrix of "mean ± SE (n=...)" strings: a row per (env,) collector depth;
-    columns "collector (own eval)", "learner d{D}" per passive depth, then coverage fraction, bin coverage and
+    columns "collector (own eval)", "learner d{D}" per passive depth, "offline d{D}" per offline learner depth
+    (`depthrl offline` runs), then coverage fraction, bin coverage and
     entropy when present.
     The env column is kept only when the table holds several envs."""
-    learner_depths = sorted({int(d) for d in table.loc[table["learner"] != "collector", "learner_depth"].dropna()})
+    passive = table[(table["learner"] != "collector") & table["learner_depth"].notna()]
+    # Online passive learners ("learner_d{D}") first, then offline ones ("offline_d{D}", `depthrl offline`).
+    columns = sorted({(_setting(name), int(d)) for name, d in zip(passive["learner"], passive["learner_depth"])},
+                     key=lambda c: (c[0] == "offline", c[1]))
     has_coverage = "coverage_fraction_mean" in table.columns
     several_envs = table["env"].nunique(dropna=False) > 1
     n_column = f"{metric}_n" if f"{metric}_n" in table.columns else "n_seeds"
@@ -150,9 +154,10 @@ def ablation_matrix(table: pd.DataFrame, metric: str = "time_at_goal") -> pd.Dat
         own = group[group["learner"] == "collector"]
         row["collector (own eval)"] = (_fmt(own[f"{metric}_mean"].iloc[0], own[f"{metric}_se"].iloc[0],
                                             int(own[n_column].iloc[0])) if len(own) else "–")
-        for d in learner_depths:
-            cell = group[(group["learner"] != "collector") & (group["learner_depth"] == d)]
-            row[f"learner d{d}"] = (_fmt(cell[f"{metric}_mean"].iloc[0], cell[f"{metric}_se"].iloc[0],
+        for setting, d in columns:
+            cell = group[(group["learner"] != "collector") & (group["learner_depth"] == d)
+                         & (group["learner"].map(_setting) == setting)]
+            row[f"{setting} d{d}"] = (_fmt(cell[f"{metric}_mean"].iloc[0], cell[f"{metric}_se"].iloc[0],
                                          int(cell[n_column].iloc[0])) if len(cell) else "–")
         if has_coverage:
             first = group.iloc[0]
@@ -164,6 +169,11 @@ def ablation_matrix(table: pd.DataFrame, metric: str = "time_at_goal") -> pd.Dat
             row["coverage entropy"] = _fmt(first["coverage_entropy_mean"], first["coverage_entropy_se"], n)
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def _setting(learner: str) -> str:
+    """"offline" for a learner of `depthrl offline` (named ``offline_d{D}``), else "learner"."""
+    return "offline" if str(learner).startswith("offline_") else "learner"
 
 
 def to_markdown(frame: pd.DataFrame) -> str:

@@ -78,6 +78,19 @@ class EvalConfig:
     """Fresh eval envs, one episode each (paper: 128)."""
     eval_every_env_steps: int = 50_000
     """Evaluate whenever this many env steps have passed since the last evaluation (and at the end)."""
+    heldout_env_slots: int = 0
+    """Collector env slots whose episodes never train any learner (the last ones): their data is the held-out slice
+    on which every learner's critic loss and top-1 contrastive accuracy are logged at each evaluation
+    (``heldout_critic_*``). Single-process runs (`depthrl train`, `--inline`); 0 = none."""
+    heldout_batches: int = 4
+    """Minibatches of `batch_size` relabelled transitions drawn from the held-out slice per evaluation (the same
+    draw for every learner of the run)."""
+    probe_starts: int = 16
+    """Maze-topology probe (point mazes): start positions drawn over the free space; 0 = no probe. Each evaluation
+    logs the rank correlation of the critic's energy with -geodesic and -Euclidean distance and the fraction of
+    through-wall comparisons ranked the maze's way (``topo_*``), and writes the Q-map file ``probes/<learner>.npz``."""
+    probe_goals: int = 256
+    """Goal positions of the probe, paired with every start."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -216,9 +229,18 @@ class TrainConfig:
                 f"(window_steps x num_envs = {window} x {s.num_envs} = {available} transitions)"
             )
         e = self.eval
-        for name in ("num_eval_envs", "eval_every_env_steps"):
+        for name in ("num_eval_envs", "eval_every_env_steps", "heldout_batches", "probe_goals"):
             if getattr(e, name) <= 0:
                 raise ConfigError(f"{name} must be a positive integer, got {getattr(e, name)}")
+        if e.probe_starts < 0:
+            raise ConfigError(f"probe_starts must be >= 0, got {e.probe_starts}")
+        if not 0 <= e.heldout_env_slots < s.num_envs:
+            raise ConfigError(f"heldout_env_slots must be in [0, num_envs = {s.num_envs}), got {e.heldout_env_slots}")
+        if e.heldout_env_slots and s.batch_size > window * (s.num_envs - e.heldout_env_slots):
+            raise ConfigError(
+                f"batch_size ({s.batch_size}) is larger than the training data available per sample once "
+                f"{e.heldout_env_slots} env slots are held out (window_steps x (num_envs - heldout_env_slots) = "
+                f"{window} x {s.num_envs - e.heldout_env_slots})")
         if self.run.checkpoint_every_seconds <= 0:
             raise ConfigError(f"checkpoint_every_seconds must be positive, got {self.run.checkpoint_every_seconds}")
         if self.run.resume and self.run.overwrite:
@@ -341,6 +363,9 @@ class DecoupledConfig:
                               f"{list(r.learner_depths)}")
         if r.actors <= 0:
             raise ConfigError(f"actors must be a positive integer, got {r.actors}")
+        if self.eval.heldout_env_slots and not r.inline:
+            raise ConfigError("heldout_env_slots works in single-process runs only (`--inline`, `depthrl train`): "
+                              "the decoupled runtime's actors have no held-out table yet")
         if self.schedule.num_envs % r.actors:
             raise ConfigError(f"num_envs ({self.schedule.num_envs}) must be divisible by actors ({r.actors})")
         if r.sampling_mode not in ("independent", "shared-batch"):

@@ -27,6 +27,7 @@ from actors.rollout import evaluate, unroll
 from experiments.compose import RunParts
 from experiments.config import TrainConfig
 from experiments.metrics import JsonlLogger, make_logger
+from experiments.probes import TopologyProbe, qmap_path
 from experiments.tracking import WandbRun, WandbSink, finish_wandb
 from learners.checkpoint import Checkpointer
 from learners.crl import CRLAgent, CRLState, LearnerSpec
@@ -47,6 +48,8 @@ class TrainerState:
     coverage: jax.Array
     """int32 [n_rows k, n_cols k]: achieved-goal visits per maze bin (`actors.coverage` binning); [1, 1] zeros for
     envs without a maze. Part of the checkpoint, so a resumed run's coverage is exact."""
+    heldout: MemoryState | None = None
+    """The held-out slots' ring (`EvalConfig.heldout_env_slots`), never sampled for training; None without them."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,6 +64,9 @@ class InlineTrainer:
     plan: LearnerPlan
     passive_agents: tuple[CRLAgent, ...] = ()
     """Learners that train on the collector's minibatches and never act (inline mode of `depthrl run`)."""
+    heldout_buffer: MemoryBuffer | None = None
+    """Ring of the held-out env slots (the last `EvalConfig.heldout_env_slots` of the collector's); `buffer` holds
+    the others. None: every slot trains."""
     layout: Any = None
     """The env's `MazeLayout` (coverage histogram bins), or None for envs without a maze."""
     coverage_bins_per_cell: int = 4
@@ -89,6 +95,7 @@ class InlineTrainer:
             agent=self.agent.init(agent_key),
             passive=tuple(a.init(jax.random.fold_in(agent_key, i + 1)) for i, a in enumerate(self.passive_agents)),
             buffer=self.buffer.init(),
+            heldout=self.heldout_buffer.init() if self.heldout_buffer is not None else None,
             env=self.env.reset(env_key, self.config.schedule.num_envs),
             key=key,
             env_steps=jnp.zeros((), jnp.int32),
@@ -101,12 +108,18 @@ class InlineTrainer:
             self.env, self.agent.act, state.agent.actor_params, state.env, rollout_key,
             self.config.schedule.unroll_length,
         )
-        buffer = self.buffer.insert(state.buffer, traj.obs, traj.action, traj.traj_id)
+        trains = self.buffer.num_envs  # the first slots train; the rest (if any) are held out
+        buffer = self.buffer.insert(state.buffer, traj.obs[:, :trains], traj.action[:, :trains],
+                                    traj.traj_id[:, :trains])
+        heldout = state.heldout
+        if self.heldout_buffer is not None:
+            heldout = self.heldout_buffer.insert(heldout, traj.obs[:, trains:], traj.action[:, trains:],
+                                                 traj.traj_id[:, trains:])
         steps = self.config.schedule.env_steps_per_iteration
         spec = self.env.env.spec
         coverage = self.add_coverage(state.coverage, spec.achieved_goal(spec.state_of(traj.obs))[..., :2])
-        return state.replace(buffer=buffer, env=env_state, key=key, env_steps=state.env_steps + steps,
-                             coverage=coverage)
+        return state.replace(buffer=buffer, heldout=heldout, env=env_state, key=key,
+                             env_steps=state.env_steps + steps, coverage=coverage)
 
     def collect(self, state: TrainerState) -> TrainerState:
         """Collect one iteration of data without learning (prefill)."""
@@ -115,12 +128,16 @@ class InlineTrainer:
     def iteration(self, state: TrainerState) -> tuple[TrainerState, tuple[dict[str, jax.Array], ...]]:
         """Collect, then K SGD steps on relabelled windows from the buffer, for the collector and every passive
         learner on identical minibatches. Returns metrics per agent, collector first."""
-        state = self._collect(state)
+        return self.learn(self._collect(state))
+
+    def learn(self, state: TrainerState) -> tuple[TrainerState, tuple[dict[str, jax.Array], ...]]:
+        """K SGD steps on relabelled windows from the buffer for every agent, on identical minibatches, without
+        collecting (an iteration's second half; `depthrl offline` runs only this, on a frozen buffer)."""
         key, sample_key, relabel_key, perm_key, update_key = jax.random.split(state.key, 5)
         spec = self.env.env.spec
         schedule = self.config.schedule
 
-        draws = self.plan.window_sets_per_update(schedule.num_envs)
+        draws = self.plan.window_sets_per_update(self.buffer.num_envs)
         obs, action, traj_id = jax.vmap(
             lambda k: self.buffer.sample_windows(state.buffer, k, self.plan.window_steps)
         )(jax.random.split(sample_key, draws))  # [D, W, E, ...]
@@ -133,6 +150,14 @@ class InlineTrainer:
             passive.append(new_state)
             passive_metrics.append(m)
         return state.replace(agent=agent_state, passive=tuple(passive), key=key), (metrics, *passive_metrics)
+
+    def heldout_metrics(self, heldout: MemoryState, critic_params: Any, key: jax.Array,
+                        index: int = 0) -> dict[str, jax.Array]:
+        """Critic loss and top-1 contrastive accuracy of agent `index` on `EvalConfig.heldout_batches` minibatches
+        relabelled from the held-out slots (``heldout_critic_*``); the same `key` draws the same minibatches."""
+        agent = self.agent if index == 0 else self.passive_agents[index - 1]
+        return heldout_critic_metrics(agent, self.heldout_buffer, heldout, critic_params, key,
+                                      self.plan, self.env.env.spec, self.config)
 
     def evaluate(self, agent_state: CRLState, key: jax.Array, index: int = 0) -> dict[str, jax.Array]:
         """Deterministic-policy evaluation of agent `index` (0 = collector, i = passive learner i - 1)."""
@@ -150,12 +175,15 @@ def make_trainer(config: TrainConfig, learners: tuple[LearnerSpec, ...] | None =
     parts = RunParts.for_train(config, learners)
     names = list(parts.learners)
     env, s = parts.env, config.schedule
+    held = config.eval.heldout_env_slots
     return InlineTrainer(
         config=config,
         agent=parts.agent(names[0]),
         env=parts.training_env,
         eval_env=parts.eval_env,
-        buffer=MemoryBuffer(s.buffer_capacity_steps, s.num_envs, env.spec.obs_dim, env.action_size),
+        buffer=MemoryBuffer(s.buffer_capacity_steps, s.num_envs - held, env.spec.obs_dim, env.action_size),
+        heldout_buffer=(MemoryBuffer(s.buffer_capacity_steps, held, env.spec.obs_dim, env.action_size)
+                        if held else None),
         plan=parts.plan,
         passive_agents=tuple(parts.agent(n) for n in names[1:]),
         layout=getattr(env, "layout", None),
@@ -192,6 +220,7 @@ def run_training(config: TrainConfig, run_dir: Path, learners: tuple[LearnerSpec
     collect = jax.jit(trainer.collect, donate_argnums=0)
     iteration = jax.jit(trainer.iteration, donate_argnums=0)
     evaluate_fn = jax.jit(trainer.evaluate, static_argnums=2)
+    instruments = Instruments.build(trainer, run_dir, root_key)
 
     checkpointer = Checkpointer(run_dir / "checkpoints", item="state")
     state = init(jax.random.fold_in(root_key, 0))
@@ -241,7 +270,8 @@ def run_training(config: TrainConfig, run_dir: Path, learners: tuple[LearnerSpec
                 agent_states = (state.agent, *state.passive)
                 for index, (log, agent_state) in enumerate(zip(eval_logs, agent_states)):
                     result = _evaluate_and_log(evaluate_fn, agent_state, index, env_steps, root_key, log, run,
-                                               collector_metrics)
+                                               collector_metrics, instruments.measure(state, agent_state, index,
+                                                                                      env_steps))
                     if index == 0:
                         last_eval = result
                 next_eval = _next_multiple(env_steps, config.eval.eval_every_env_steps)
@@ -267,6 +297,23 @@ def run_training(config: TrainConfig, run_dir: Path, learners: tuple[LearnerSpec
     return last_eval
 
 
+def heldout_critic_metrics(agent: CRLAgent, buffer: MemoryBuffer, state: MemoryState, critic_params: Any,
+                           key: jax.Array, plan: LearnerPlan, spec: Any, config: TrainConfig) -> dict[str, jax.Array]:
+    """``heldout_critic_loss`` / ``heldout_critic_accuracy``: `agent`'s critic on `EvalConfig.heldout_batches`
+    minibatches of `plan.batch_size`, relabelled (as for training) from windows of the held-out ring `state`."""
+    n_batches, batch_size = config.eval.heldout_batches, plan.batch_size
+    draws = -(-n_batches * batch_size // (plan.window_steps * buffer.num_envs))  # ceil: sets of one window per slot
+    sample_key, relabel_key, shuffle_key = jax.random.split(key, 3)
+    obs, action, traj_id = jax.vmap(lambda k: buffer.sample_windows(state, k, plan.window_steps))(
+        jax.random.split(sample_key, draws))
+    sizes = dataclasses.replace(plan, sgd_steps_per_update=n_batches)
+    batches = prepare(jax.random.split(relabel_key, draws), shuffle_key, obs, action, traj_id, spec,
+                      config.schedule.goal_discount, sizes)
+    metrics = jax.vmap(lambda batch: agent.critic_metrics(critic_params, batch))(batches)
+    return {"heldout_critic_loss": jnp.mean(metrics["critic_loss"]),
+            "heldout_critic_accuracy": jnp.mean(metrics["critic_accuracy"])}
+
+
 def _save_coverage(trainer: InlineTrainer, state: TrainerState, run_dir: Path, role: str) -> None:
     """Write the collector's coverage histogram (maze envs) as `actors.coverage` files, like an actor does."""
     if trainer.layout is None:
@@ -283,10 +330,52 @@ def _next_multiple(value: int, every: int) -> int:
     return (value // every + 1) * every
 
 
-def _evaluate_and_log(evaluate_fn, agent_state, index, env_steps, root_key, log: JsonlLogger, run, train_metrics):
+@dataclasses.dataclass(frozen=True)
+class Instruments:
+    """What an evaluation measures besides the policy's return: the held-out critic metrics (with held-out slots)
+    and the maze-topology probe with its Q-map file (point mazes). Built once per run; `measure` at each
+    evaluation."""
+
+    trainer: InlineTrainer
+    run_dir: Path
+    heldout_key: jax.Array
+    heldout_fn: Any
+    probe: TopologyProbe | None
+    energy_fns: tuple[Any, ...]
+
+    @classmethod
+    def build(cls, trainer: InlineTrainer, run_dir: Path, root_key: jax.Array) -> Instruments:
+        e = trainer.config.eval
+        probe = TopologyProbe.for_env(trainer.env.env, e.probe_starts, e.probe_goals, trainer.config.run.seed)
+        agents = (trainer.agent, *trainer.passive_agents)
+        return cls(trainer=trainer, run_dir=run_dir, heldout_key=jax.random.fold_in(root_key, 2),
+                   heldout_fn=jax.jit(trainer.heldout_metrics, static_argnums=3),
+                   probe=probe, energy_fns=tuple(probe.energies(a) for a in agents) if probe else ())
+
+    def measure(self, state: TrainerState, agent_state: CRLState, index: int, env_steps: int) -> dict[str, float]:
+        """Metrics of agent `index` (0 = collector) at this evaluation; the Q-map file is rewritten."""
+        out: dict[str, float] = {}
+        if state.heldout is not None:
+            key = jax.random.fold_in(self.heldout_key, env_steps)  # the same minibatches for every learner
+            out.update({k: float(v) for k, v in
+                        self.heldout_fn(state.heldout, agent_state.critic_params, key, index).items()})
+        if self.probe is not None:
+            agent = (self.trainer.agent, *self.trainer.passive_agents)[index]
+            fn = self.energy_fns[index]
+            out.update(self.probe.score(fn, agent_state.actor_params, agent_state.critic_params))
+            self.probe.save_qmap(qmap_path(self.run_dir, agent.learner.name), fn, agent_state.actor_params,
+                                 agent_state.critic_params, learner=agent.learner.name,
+                                 critic_depth=agent.learner.critic_depth, env_steps=env_steps,
+                                 grad_steps=int(agent_state.grad_steps))
+        return out
+
+
+def _evaluate_and_log(evaluate_fn, agent_state, index, env_steps, root_key, log: JsonlLogger, run, train_metrics,
+                      instrument_metrics: dict[str, float] | None = None):
     grad_steps = int(agent_state.grad_steps)
     key = jax.random.fold_in(jax.random.fold_in(root_key, 1), env_steps)
     metrics = {k: float(v) for k, v in evaluate_fn(agent_state, key, index).items()}
+    metrics.update(instrument_metrics or {})
     log.log(metrics, env_steps=env_steps, grad_steps=grad_steps, param_version=grad_steps)
     _progress(
         run,

@@ -171,6 +171,20 @@ class CRLAgent:
         action, _ = losses.tanh_gaussian_sample(mean, log_std, key)
         return action
 
+    # --- probing --------------------------------------------------------------------------------------------------
+    def energy(self, actor_params: Params, critic_params: Params, state: jax.Array, goal: jax.Array) -> jax.Array:
+        """Critic energy f(s, π(s, g), g) = -||φ(s, a) - ψ(g)||₂ with the deterministic policy's action, pair by pair:
+        ``state [B, S], goal [B, G] -> [B]`` (higher = the critic puts g closer to s)."""
+        action = losses.deterministic_action(self.actor.apply(actor_params, jnp.concatenate([state, goal], -1))[0])
+        phi, psi = self.critic.apply(critic_params, state, action, goal)
+        return losses.energy(phi, psi)
+
+    def critic_metrics(self, critic_params: Params, batch: Batch) -> dict[str, jax.Array]:
+        """The critic's loss and contrastive metrics on a minibatch ``batch [B, ...]`` without updating anything
+        (held-out data): ``critic_loss``, ``critic_accuracy`` (top-1 of the positive among the B goals), ..."""
+        loss, metrics = self._critic_loss(critic_params, batch)
+        return {"critic_loss": loss, **metrics}
+
     # --- learning ---------------------------------------------------------------------------------------------
     def _actor_loss(self, actor_params, critic_params, log_alpha, batch: Batch, key):
         obs = jnp.concatenate([batch.state, batch.goal], axis=-1)
