@@ -26,7 +26,7 @@ from analysis.figures import (coverage_figure, diagnostics_figure, expressivity_
                               qmap_figure, save_figure)
 from analysis.load import LoadResult, RunInfo, load
 from analysis.tables import (FINAL_METRICS, LAST_N_EVALS, PROBE_METRICS, ablation_matrix, ablation_table,
-                            table_metrics, to_latex, to_markdown)
+                             paired_differences, table_metrics, to_latex, to_markdown)
 from analysis.topology import QMap, load_run_qmaps
 
 __all__ = ["build_report", "main"]
@@ -118,6 +118,22 @@ def build_report(root: Path, out: Path, last_n: int = LAST_N_EVALS) -> tuple[Pat
         raise ReportError(f"cannot write the report into {out}: {e}") from None
 
 
+def _paired_matrix(pairs: pd.DataFrame) -> pd.DataFrame:
+    """`paired_differences` as rows of strings: collector depth, learners compared, then one column per metric."""
+    several_envs = pairs["env"].nunique(dropna=False) > 1
+    rows = []
+    for (env, depth, setting, deep, shallow), group in pairs.groupby(
+            ["env", "collector_depth", "setting", "deep", "shallow"], sort=True, dropna=False):
+        row = {"env": env} if several_envs else {}
+        row["collector depth"] = "–" if pd.isna(depth) else str(int(depth))
+        row["learners"] = f"{setting} d{deep} − d{shallow}"
+        for r in group.itertuples():
+            cell = f"{r.diff_mean:+.3f} ± " + ("n/a" if pd.isna(r.diff_se) else f"{r.diff_se:.3f}") + f" (n={r.n})"
+            row[r.metric.replace("_", " ")] = cell + (" > 2 SE" if r.beyond_2se else "")
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
 def _write(root, out, result, table, coverage, grids, qmaps, problems, last_n) -> tuple[Path, str, list[str]]:
     frame = result.frame
     out.mkdir(parents=True, exist_ok=True)
@@ -162,6 +178,14 @@ def _write(root, out, result, table, coverage, grids, qmaps, problems, last_n) -
             md += [f"### Final {metric.replace('_', ' ')}\n", text,
                    f"([LaTeX]({TABLES_DIR}/ablation_{metric}.tex), [Markdown]({TABLES_DIR}/ablation_{metric}.md))\n"]
         md.append(f"All numbers: [CSV]({TABLES_DIR}/ablation.csv).\n")
+        pairs = paired_differences(frame, last_n, metrics)
+        if len(pairs):
+            pairs.to_csv(out / TABLES_DIR / "paired_differences.csv", index=False)
+            md.append("### Deep minus shallow learner, paired by run\n")
+            md.append("Per run, the deepest learner's final value minus the shallowest's (same data, same seed); "
+                      "mean ± SE over runs; *> 2 SE* when the mean difference exceeds twice its standard error.\n")
+            md.append(to_markdown(_paired_matrix(pairs)))
+            md.append(f"([CSV]({TABLES_DIR}/paired_differences.csv))\n")
     else:
         md.append("No evaluation rows: no ablation table.\n")
         printed = "no evaluation rows: no ablation table\n"

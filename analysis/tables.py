@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 __all__ = ["FINAL_METRICS", "PROBE_METRICS", "ablation_matrix", "ablation_table", "coverage_summary", "final_evals",
-           "mean_se", "table_metrics", "to_latex", "to_markdown"]
+           "mean_se", "paired_differences", "table_metrics", "to_latex", "to_markdown"]
 
 FINAL_METRICS = ("time_at_goal", "success_any")
 """Evaluation metrics summarised in the ablation table."""
@@ -125,6 +125,40 @@ def ablation_table(frame: pd.DataFrame, last_n: int = LAST_N_EVALS, coverage: pd
     table["_own"] = table["learner"] != "collector"
     table = table.sort_values(["env", "collector_depth", "_own", "learner_depth"], kind="stable")
     return table.drop(columns="_own").reset_index(drop=True)
+
+
+def paired_differences(frame: pd.DataFrame, last_n: int = LAST_N_EVALS, metrics: Sequence[str] | None = None
+                       ) -> pd.DataFrame:
+    """Deepest minus shallowest learner of each setting, paired by run: per (env, collector depth, setting, metric),
+    the per-run differences of the final values (two learners of one run trained on the same data and seed), their
+    mean, standard error (ddof=1 / sqrt(n)) and whether the mean exceeds 2 SE (``beyond_2se``; False when the SE is
+    undefined, n < 2). The setting is "learner" (online passive learners) or "offline" (`depthrl offline` runs).
+
+    Columns: env, collector_depth, setting, deep, shallow, metric, n, diff_mean, diff_se, beyond_2se."""
+    metrics = table_metrics(frame) if metrics is None else tuple(metrics)
+    finals = final_evals(frame, last_n, metrics)
+    finals = finals[finals["learner"] != "collector"].copy()
+    finals["setting"] = finals["learner"].map(_setting)
+    rows = []
+    for (env, depth, setting), group in finals.groupby(["env", "collector_depth", "setting"], sort=True,
+                                                       dropna=False):
+        depths = sorted(group["learner_depth"].dropna().astype(int).unique())
+        if len(depths) < 2:
+            continue
+        deep, shallow = depths[-1], depths[0]
+        # Offline runs have their own run names: pair them by seed of the data they learned from (run = a run dir).
+        by_run = group.pivot_table(index="run", columns="learner_depth", values=list(metrics), aggfunc="first")
+        for metric in metrics:
+            if (metric, deep) not in by_run or (metric, shallow) not in by_run:
+                continue
+            diff = (by_run[(metric, deep)] - by_run[(metric, shallow)]).to_numpy(float)
+            mean, se, n = mean_se(diff)
+            rows.append({"env": env, "collector_depth": depth, "setting": setting, "deep": deep, "shallow": shallow,
+                         "metric": metric, "n": n, "diff_mean": mean, "diff_se": se,
+                         "beyond_2se": bool(n > 1 and np.isfinite(se) and mean > 2 * se)})
+    columns = ["env", "collector_depth", "setting", "deep", "shallow", "metric", "n", "diff_mean", "diff_se",
+               "beyond_2se"]
+    return pd.DataFrame(rows, columns=columns)
 
 
 def _fmt(mean: float, se: float, n: int | None = None) -> str:

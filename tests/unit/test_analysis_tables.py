@@ -197,3 +197,21 @@ def test_probe_metrics_join_the_table_where_runs_log_them(tmp_path):
     assert matrix.iloc[0]["learner d4"] == "0.50 ± 0.25 (n=2)"
     assert matrix.iloc[1]["learner d4"] == "–"
     assert set(PROBE_METRICS) >= set(table_metrics(frame)) - set(FINAL_METRICS)
+
+
+def test_paired_differences_by_hand(grid):
+    """C=4: d16 - d4 per seed = 39, 38, 34 -> mean 37, SE = std(ddof=1)(2, 1, -3) / sqrt(3) = sqrt(7/3) = 1.527525,
+    beyond 2 SE; C=16: one run (53), SE undefined, not beyond. success_any C=4: 0.2 per seed -> SE 0, beyond."""
+    from analysis.tables import paired_differences
+
+    frame, _ = grid
+    pairs = paired_differences(frame)
+    at = {(int(r.collector_depth), r.metric): r for r in pairs.itertuples()}
+    c4 = at[(4, "time_at_goal")]
+    assert (c4.setting, c4.deep, c4.shallow, c4.n) == ("learner", 16, 4, 3)
+    assert c4.diff_mean == pytest.approx(37.0) and c4.diff_se == pytest.approx(math.sqrt(7 / 3))
+    assert c4.beyond_2se
+    c16 = at[(16, "time_at_goal")]
+    assert c16.diff_mean == pytest.approx(53.0) and c16.n == 1 and math.isnan(c16.diff_se) and not c16.beyond_2se
+    assert at[(4, "success_any")].diff_mean == pytest.approx(0.2) and at[(4, "success_any")].beyond_2se
+    assert len(pairs) == 4  # 2 collector depths x 2 metrics; the collectors' own evals are not paired
