@@ -66,8 +66,12 @@ def final_evals(frame: pd.DataFrame, last_n: int = LAST_N_EVALS, metrics=FINAL_M
         row = {c: first[c] for c in ("run", "env", "seed", "collector_depth", "learner", "learner_depth", "role")}
         row["n_evals"] = len(tail)
         row["final_env_steps"] = float(tail["env_steps"].iloc[-1])
+        ordered = group.sort_values(["env_steps", "wall_time"], kind="stable")
         for metric in metrics:
-            row[metric] = float(tail[metric].mean()) if metric in tail else math.nan
+            # A metric's own last n values: rows that lack it (a probe-only row of `depthrl probe`, an evaluation
+            # from before an instrument existed) neither count nor shorten the others' window.
+            values = ordered[metric].dropna().tail(last_n) if metric in ordered else ordered.iloc[:0, 0]
+            row[metric] = float(values.mean()) if len(values) else math.nan
         rows.append(row)
     out = pd.DataFrame(rows, columns=columns)
     for c in ("seed", "collector_depth", "learner_depth"):

@@ -18,6 +18,7 @@ commands:
   envs       list registered environments
   ablate     a collector-depth x learner-depth grid of runs (resumable): depthrl ablate --preset demo
   offline    fresh learners on a finished run's frozen replay: depthrl offline RUN_DIR --learner-depths 4,16 ...
+  probe      the maze-topology probe of a decoupled run's learners, from their checkpoints: depthrl probe DIR
   report     tables and figures of a run or grid directory: depthrl report DIR
   render     an HTML viewer and (mazes) a top-down PNG of a rollout: depthrl render --env ant_u_maze
   slurm      an sbatch script running a run or grid on Ray across a SLURM allocation: depthrl slurm -- run ...
@@ -423,6 +424,7 @@ COMMANDS: dict[str, Callable[[list[str]], int]] = {
     "evaluator": cmd_evaluator,
     "ablate": _delegate("experiments.ablate:main"),
     "offline": _delegate("experiments.offline:main"),
+    "probe": _delegate("experiments.probes:main"),
     "report": _delegate("analysis.report:main"),
     "render": _delegate("experiments.render:main"),
     "slurm": _delegate("experiments.slurm:main"),

@@ -74,3 +74,96 @@ class TopologyProbe:
         energy = np.asarray(energy_fn(actor_params, critic_params, jnp.asarray(start), jnp.asarray(xy)))
         save_qmap(path, energy=energy.astype(np.float32), grid=self.grid, start_xy=xy[self.qmap_start_node],
                   env_steps=env_steps, grad_steps=grad_steps, learner=learner, critic_depth=critic_depth)
+
+
+# --- `depthrl probe`: the probe of a decoupled run's learners, from their checkpoints ---------------------------------
+
+PROBE_ROWS = "probe_{learner}.jsonl"
+"""``metrics/probe_<learner>.jsonl``: the probe of learner <learner>'s newest checkpoint, one row with role
+``eval_<learner>`` (so the report puts its ``topo_*`` values next to the evaluations), rewritten by each probe."""
+
+
+def probe_decoupled_run(run_dir: Path, n_starts: int, n_goals: int) -> list[str]:
+    """Probe every learner of a finished or stopped decoupled run at its newest checkpoint: its Q-map file and a
+    ``metrics/probe_<learner>.jsonl`` row. Returns one line per learner (or why none was probed)."""
+    import json
+    import os
+
+    from experiments.compose import RunParts, learner_processes, load_run_config
+    from learners.checkpoint import Checkpointer
+
+    config = load_run_config(run_dir)
+    parts = RunParts.for_run(config)
+    probe = TopologyProbe.for_env(parts.env, n_starts, n_goals, config.run.seed)
+    if probe is None:
+        return [f"{run_dir}: env {config.env.env!r} has no topology probe (point mazes only)"]
+    said = []
+    for names in learner_processes(config):
+        directory = run_dir / "checkpoints" / "+".join(names)
+        template = {n: parts.agent(n).init(jax.random.PRNGKey(0)) for n in names}
+        restored = Checkpointer(directory, item="states").restore(template) if directory.is_dir() else None
+        if restored is None:
+            said.append(f"{run_dir}: no checkpoint of {', '.join(names)} in {directory}")
+            continue
+        states, counters = restored
+        env_steps = int(sum(counters.get("env_steps_by_actor", {}).values()))
+        for name in names:
+            agent, state = parts.agent(name), states[name]
+            fn = probe.energies(agent)
+            scores = probe.score(fn, state.actor_params, state.critic_params)
+            grad_steps = int(state.grad_steps)
+            probe.save_qmap(qmap_path(run_dir, name), fn, state.actor_params, state.critic_params, learner=name,
+                            critic_depth=agent.learner.critic_depth, env_steps=env_steps, grad_steps=grad_steps)
+            role = f"eval_{name}"
+            row = {"role": role, "wall_time": round(float(counters.get("wall_time_offset", 0.0)), 3), "env_steps": env_steps, "grad_steps": grad_steps,
+                   "param_version": grad_steps, **{f"{role}/{k}": float(v) for k, v in scores.items()}}
+            path = run_dir / "metrics" / PROBE_ROWS.format(learner=name)
+            tmp = path.with_name(path.name + ".tmp")
+            tmp.write_text(json.dumps(row) + "\n")
+            os.replace(tmp, path)
+            said.append(f"{run_dir}: {name} at {grad_steps} grad steps: through-wall fraction "
+                        f"{scores['topo_through_wall_fraction']:.3f}, rank corr geodesic "
+                        f"{scores['topo_rank_corr_geodesic']:.3f} / euclidean {scores['topo_rank_corr_euclidean']:.3f}")
+    return said
+
+
+def main(argv: list[str]) -> int:
+    """`depthrl probe DIR`: the topology probe of every decoupled run below DIR (single-process runs already probe
+    at every evaluation)."""
+    import argparse
+    import json
+    import sys
+
+    from experiments.config import EvalConfig
+
+    p = argparse.ArgumentParser(prog="depthrl probe", description=(
+        "The maze-topology probe (Q-map files, topo_* metrics) of every decoupled run's learners below DIR, at their "
+        "newest checkpoints. Single-process runs (train, run --inline, offline) probe at every evaluation already."))
+    p.add_argument("dir", type=Path, help="a run directory or a directory with run directories below it")
+    p.add_argument("--probe-starts", type=int, default=EvalConfig.probe_starts)
+    p.add_argument("--probe-goals", type=int, default=EvalConfig.probe_goals)
+    args = p.parse_args(argv)
+    if args.probe_starts <= 0 or args.probe_goals <= 0:
+        print("depthrl probe: error: --probe-starts and --probe-goals must be positive", file=sys.stderr)
+        return 2
+    if not args.dir.is_dir():
+        print(f"depthrl probe: error: {args.dir} is not a directory", file=sys.stderr)
+        return 2
+    runs = sorted(path.parent for path in args.dir.rglob("config.json"))
+    decoupled = []
+    for run_dir in runs:
+        try:
+            payload = json.loads((run_dir / "config.json").read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        inline = ((payload.get("config") or {}).get("runtime") or {}).get("inline")
+        if payload.get("kind") == "run" and not inline:
+            decoupled.append(run_dir)
+    if not decoupled:
+        print(f"depthrl probe: error: no decoupled run directory below {args.dir} ({len(runs)} run dir(s) found; "
+              "single-process runs are probed at every evaluation)", file=sys.stderr)
+        return 2
+    for run_dir in decoupled:
+        for line in probe_decoupled_run(run_dir, args.probe_starts, args.probe_goals):
+            print(line)
+    return 0

@@ -101,6 +101,21 @@ def test_run_collector_and_two_passive_learners(tmp_path):
     for role, step in (("learner_d4", "grad_steps"), ("eval_collector", "env_steps"), ("actor_1", "env_steps")):
         assert tensorboard_scalars(run_dir / "tb" / role) == jsonl_scalars(metrics / f"{role}.jsonl", role, step), role
 
+    # The topology probe of a decoupled run, from the learners' final checkpoints; the report tabulates it.
+    probe = subprocess.run([sys.executable, "-m", "experiments.cli", "probe", str(run_dir.parent)], cwd=REPO,
+                           env=env(), capture_output=True, text=True, timeout=300)
+    assert probe.returncode == 0, probe.stderr[-3000:]
+    for name in ("collector", "learner_d8", "learner_d4"):
+        (row,) = rows(metrics / f"probe_{name}.jsonl")
+        assert row["role"] == f"eval_{name}" and row["grad_steps"] == rows(metrics / f"{name}.jsonl")[-1]["grad_steps"]
+        assert 0.0 <= row[f"eval_{name}/topo_through_wall_fraction"] <= 1.0
+        assert (run_dir / "probes" / f"{name}.npz").is_file()
+        assert f"{name} at {row['grad_steps']} grad steps: through-wall fraction" in probe.stdout
+    report = subprocess.run([sys.executable, "-m", "experiments.cli", "report", str(run_dir)], cwd=REPO, env=env(),
+                            capture_output=True, text=True, timeout=300)
+    assert report.returncode == 0, report.stderr[-3000:]
+    assert "### Final topo through wall fraction" in (run_dir / "report.md").read_text()
+
 
 def tensorboard_scalars(directory: Path) -> dict[str, list[tuple[int, float]]]:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator

@@ -248,6 +248,7 @@ def test_sigint_leaves_no_host_behind_and_resume_finishes(cluster, tmp_path):
     assert grad and grad[-1] > 0
 
 
+@pytest.mark.slow  # ~2.5 min on 2 cores (two runs, then the grid resumed): `make test-all`
 def test_ctrl_c_of_a_grid_on_a_cluster_leaves_no_host_behind_and_the_grid_resumes(cluster, tmp_path):
     """Ctrl-C (SIGINT to the terminal's process group: the grid and its runs) while two runs are at work on the
     cluster: every role host is gone within 10 s, grid.json says both runs were interrupted, and the same command
