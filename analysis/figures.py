@@ -190,6 +190,53 @@ def diagnostics_figure(frame: pd.DataFrame, metrics: Sequence[str] = ("policy_la
     return fig
 
 
+MEMORY_WARMUP_SECONDS = 300.0
+"""Rows before this many seconds of a role's wall-clock are left out of its memory slope (start-up, compilation,
+the replay buffer filling)."""
+
+
+def memory_slopes(frame: pd.DataFrame, warmup_seconds: float = MEMORY_WARMUP_SECONDS) -> pd.DataFrame:
+    """Per (run, role): resident memory (``rss_mib``, logged with every row) at the first and last row, and the
+    least-squares slope in MiB per minute over the rows after `warmup_seconds` (NaN with fewer than 3 such rows).
+    Columns: run, role, rows, first_mib, last_mib, minutes, slope_mib_per_min."""
+    columns = ["run", "role", "rows", "first_mib", "last_mib", "minutes", "slope_mib_per_min"]
+    if "rss_mib" not in frame:
+        return pd.DataFrame(columns=columns)
+    data = frame[frame["rss_mib"].notna() & frame["wall_time"].notna()]
+    out = []
+    for (run, role), group in data.groupby(["run", "role"], sort=True):
+        group = group.sort_values("wall_time", kind="stable")
+        t, mib = group["wall_time"].to_numpy(float), group["rss_mib"].to_numpy(float)
+        late = t >= warmup_seconds
+        slope = (float(np.polyfit(t[late] / 60.0, mib[late], 1)[0]) if late.sum() >= 3 and np.ptp(t[late]) > 0
+                 else float("nan"))
+        out.append({"run": run, "role": role, "rows": len(group), "first_mib": mib[0], "last_mib": mib[-1],
+                    "minutes": (t[-1] - t[0]) / 60.0, "slope_mib_per_min": slope})
+    return pd.DataFrame(out, columns=columns)
+
+
+def memory_figure(frame: pd.DataFrame, max_runs: int = 6) -> Figure:
+    """Resident memory (MiB) of every role's process over wall-clock minutes, a panel per run (the first
+    `max_runs` runs by name), a line per role."""
+    data = frame[frame["rss_mib"].notna()] if "rss_mib" in frame else frame.iloc[0:0]
+    runs = sorted(data["run"].unique())[:max_runs] or [""]
+    fig = Figure(figsize=(5.0 * len(runs), 3.4), layout="constrained")
+    axes = fig.subplots(1, len(runs), squeeze=False)[0]
+    for ax, run in zip(axes, runs):
+        mine = data[data["run"] == run]
+        for role, line in mine.groupby("role", sort=True):
+            line = line.sort_values("wall_time", kind="stable")
+            ax.plot(line["wall_time"].to_numpy(float) / 60.0, line["rss_mib"].to_numpy(float), linewidth=1.2,
+                    label=role)
+        ax.set_xlabel("wall-clock (min)")
+        ax.set_ylabel("resident memory (MiB)")
+        ax.set_title(str(run) if len(mine) else "no rss_mib rows", fontsize=9)
+        if len(mine):
+            ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
+    return fig
+
+
 def coverage_figure(grids: Mapping[str, CoverageMap]) -> Figure:
     """One coverage map per entry (title -> summed grid): visit counts per bin on a log colour scale over the maze
     drawing (walls grey, start cells outlined in blue with "S", goal cells outlined in red). World x runs down and

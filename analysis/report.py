@@ -22,8 +22,8 @@ from pathlib import Path
 import pandas as pd
 
 from analysis.coverage import coverage_frame, merge_by_collector_depth
-from analysis.figures import (coverage_figure, diagnostics_figure, expressivity_figure, learning_curves_figure,
-                              qmap_figure, save_figure)
+from analysis.figures import (MEMORY_WARMUP_SECONDS, coverage_figure, diagnostics_figure, expressivity_figure,
+                              learning_curves_figure, memory_figure, memory_slopes, qmap_figure, save_figure)
 from analysis.load import LoadResult, RunInfo, load
 from analysis.tables import (FINAL_METRICS, LAST_N_EVALS, PROBE_METRICS, ablation_matrix, ablation_table,
                              paired_differences, table_metrics, to_latex, to_markdown)
@@ -250,6 +250,20 @@ def _write(root, out, result, table, coverage, grids, qmaps, problems, last_n) -
                                 "per learner over wall-clock time"))
     else:
         md.append("No policy_lag / update_to_data rows.\n")
+
+    md.append("## Memory\n")
+    slopes = memory_slopes(frame)
+    if len(slopes):
+        md.append(_figure_block(out, memory_figure(frame), "memory",
+                                "Resident memory of each role's process over wall-clock time (first runs)"))
+        slopes.to_csv(out / TABLES_DIR / "memory.csv", index=False)
+        shown = slopes.assign(**{c: slopes[c].map(lambda v: f"{v:.1f}") for c in ("first_mib", "last_mib", "minutes")},
+                              slope_mib_per_min=slopes["slope_mib_per_min"].map(lambda v: f"{v:+.3f}"))
+        md.append(f"Least-squares slope after the first {MEMORY_WARMUP_SECONDS:.0f} s of each role "
+                  f"([CSV]({TABLES_DIR}/memory.csv)):\n")
+        md.append(to_markdown(shown.rename(columns=lambda c: c.replace("_", " "))))
+    else:
+        md.append("No rss_mib in the rows (runs logged before memory was recorded).\n")
 
     md.append("## Runs\n")
     md.append(to_markdown(_runs_table(result)))

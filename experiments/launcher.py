@@ -227,6 +227,31 @@ def _launcher_role(roles: list[Role], metrics_role: str) -> Role | None:
     return None
 
 
+RSS_GROWTH_FLAG_MIB_PER_MIN = 1.0
+"""A role whose resident memory grew faster than this over the last `RSS_GROWTH_WINDOW_SECONDS` (least-squares
+slope of its rows' ``rss_mib``, after `RSS_WARMUP_SECONDS`) is flagged in the progress table."""
+RSS_GROWTH_WINDOW_SECONDS = 1800.0
+RSS_WARMUP_SECONDS = 300.0
+
+
+def rss_growth_mib_per_min(rows: list[dict], role: str) -> float | None:
+    """Least-squares slope (MiB per minute) of `role`'s ``rss_mib`` over its rows of the last
+    `RSS_GROWTH_WINDOW_SECONDS`, leaving out the first `RSS_WARMUP_SECONDS`; None with fewer than 10 such rows
+    spanning at least 5 minutes."""
+    points = [(r["wall_time"], r[f"{role}/rss_mib"]) for r in rows
+              if isinstance(r.get("wall_time"), (int, float)) and isinstance(r.get(f"{role}/rss_mib"), (int, float))]
+    if not points:
+        return None
+    end = points[-1][0]
+    points = [(t, m) for t, m in points if t >= max(RSS_WARMUP_SECONDS, end - RSS_GROWTH_WINDOW_SECONDS)]
+    if len(points) < 10 or points[-1][0] - points[0][0] < 300.0:
+        return None
+    t_mean = sum(t for t, _ in points) / len(points)
+    m_mean = sum(m for _, m in points) / len(points)
+    var = sum((t - t_mean) ** 2 for t, _ in points)
+    return 60.0 * sum((t - t_mean) * (m - m_mean) for t, m in points) / var if var > 0 else None
+
+
 def progress_table(run_dir: Path, config: DecoupledConfig, roles: list[Role] | None = None) -> str:
     """One line per role from the tails of the metrics files: env steps, grad steps, latest eval, lag, replay size,
     the time a learner waited for data and the rate-limiter stall counters, restarts, and a STALLED / DOWN flag."""
@@ -252,10 +277,14 @@ def progress_table(run_dir: Path, config: DecoupledConfig, roles: list[Role] | N
             ("samples_blocked_ms", "limiter_blocked_samples_s", "{:.0f}"),
             ("inserts_blocked_ms", "limiter_blocked_inserts_s", "{:.0f}"),
             ("grad_steps_short_of_target", "SHORT_OF_TARGET", "{:.0f}"),
+            ("rss_mib", "rss_MiB", "{:,.0f}"),
         ):
             value = last.get(f"{role}/{key}")
             if value is not None:
                 parts.append(f"{label} " + fmt.format(value / 1000 if key.endswith("_ms") else value))
+        growth = rss_growth_mib_per_min(rows, role)
+        if growth is not None and growth > RSS_GROWTH_FLAG_MIB_PER_MIN:
+            parts.append(f"MEMORY GROWING +{growth:.1f} MiB/min")
         if last.get(f"{role}/limiter_blocks_inserts"):
             parts.append("BLOCKING ACTORS (this learner is behind its update-to-data ratio)")
         if role == "replay":

@@ -1,10 +1,12 @@
 """Metric rows as JSON lines. Every row carries role, wall_time, env_steps, grad_steps and param_version; metric keys
-are namespaced ``"{role}/{name}"``."""
+are namespaced ``"{role}/{name}"``. Every row also records the logging process's resident memory
+(``"{role}/rss_mib"``), so that memory over time can be plotted for any run and growth flagged while it runs."""
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from pathlib import Path
 from typing import Any, Mapping, Protocol, Sequence
@@ -16,6 +18,20 @@ class Sink(Protocol):
     def write(self, row: Mapping[str, Any]) -> None: ...
 
     def close(self) -> None: ...
+
+
+RSS_KEY = "rss_mib"
+"""Every row's memory metric: the logging process's resident set size in MiB (`process_rss_mib`)."""
+_PAGE_MIB = os.sysconf("SC_PAGE_SIZE") / 2**20 if hasattr(os, "sysconf") else 0.0
+
+
+def process_rss_mib() -> float | None:
+    """This process's resident set size in MiB, from ``/proc/self/statm`` (one read, ~10 µs); None without /proc."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * _PAGE_MIB
+    except (OSError, IndexError, ValueError):
+        return None
 
 
 class JsonlLogger:
@@ -43,6 +59,9 @@ class JsonlLogger:
         for key, value in metrics.items():
             value = float(value)
             row[f"{self.role}/{key}"] = value if math.isfinite(value) else None
+        rss = process_rss_mib()
+        if rss is not None and f"{self.role}/{RSS_KEY}" not in row:
+            row[f"{self.role}/{RSS_KEY}"] = round(rss, 2)
         self._file.write(json.dumps(row) + "\n")
         for sink in self._sinks:
             sink.write(row)

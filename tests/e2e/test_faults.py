@@ -488,3 +488,36 @@ def test_progress_table_flags_down_stalled_and_blocking_roles(tmp_path):
     assert "wait_data_s 12.5  limiter_blocked_samples_s 7  limiter_blocked_inserts_s 2" in lines["collector"]
     assert "collector: size 40 inserted 1,234 samples_wait_s 3 inserts_wait_s 0" in lines["replay"]
     assert "env " not in lines["replay"] and "grad " not in lines["replay"]  # counters the server does not keep
+
+
+def test_progress_table_flags_a_role_whose_memory_grows():
+    """`rss_mib` in every row: a learner growing 3 MiB/min after warm-up is flagged with its slope, a flat one (with
+    noise) and one that grew only during the warm-up are not; too few rows give no slope."""
+    from experiments.launcher import RSS_GROWTH_FLAG_MIB_PER_MIN, rss_growth_mib_per_min
+
+    def rows(role, mib_at):
+        return [{"role": role, "wall_time": float(t), f"{role}/rss_mib": mib_at(t)} for t in range(0, 3600, 60)]
+
+    growing = rows("collector", lambda t: 1000.0 + 3.0 * t / 60)
+    flat = rows("learner_d4", lambda t: 1000.0 + (5.0 if (t // 60) % 2 else -5.0))
+    warm_up_only = rows("learner_d16", lambda t: 1000.0 + min(t, 240) * 2.0)
+    assert rss_growth_mib_per_min(growing, "collector") == pytest.approx(3.0)
+    assert abs(rss_growth_mib_per_min(flat, "learner_d4")) < 0.1
+    assert rss_growth_mib_per_min(warm_up_only, "learner_d16") == pytest.approx(0.0)
+    assert rss_growth_mib_per_min(growing[:5], "collector") is None
+    assert 0.1 < RSS_GROWTH_FLAG_MIB_PER_MIN < 3.0
+
+
+def test_progress_table_shows_memory_and_flags_growth(tmp_path):
+    from experiments.config import DecoupledConfig
+    from experiments.launcher import progress_table
+
+    metrics = tmp_path / "metrics"
+    metrics.mkdir()
+    for role, slope in (("collector", 3.0), ("learner_d4", 0.0)):
+        (metrics / f"{role}.jsonl").write_text("".join(json.dumps(
+            {"role": role, "wall_time": float(t), "env_steps": t, "grad_steps": t, "param_version": t,
+             f"{role}/rss_mib": 800.0 + slope * t / 60}) + "\n" for t in range(0, 3600, 60)))
+    lines = {line.split()[0]: line for line in progress_table(tmp_path, DecoupledConfig()).splitlines()}
+    assert "rss_MiB 977" in lines["collector"] and "MEMORY GROWING +3.0 MiB/min" in lines["collector"]
+    assert "rss_MiB 800" in lines["learner_d4"] and "MEMORY" not in lines["learner_d4"]

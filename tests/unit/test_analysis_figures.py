@@ -147,3 +147,24 @@ def test_save_figure_writes_png_and_pdf(tmp_path, data):
     assert [p.name for p in paths] == ["expr.png", "expr.pdf"]
     assert paths[0].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert paths[1].read_bytes()[:5] == b"%PDF-"
+
+
+def test_memory_slopes_and_figure_from_rss_rows():
+    """A role growing 2 MiB/min after a warm-up jump, and a flat one: slopes by least squares after the warm-up."""
+    import pandas as pd
+
+    from analysis.figures import memory_figure, memory_slopes
+
+    t = [float(s) for s in range(0, 1800, 30)]
+    frame = pd.DataFrame(
+        [{"run": "r", "role": "collector", "wall_time": s, "rss_mib": (500.0 if s < 300 else 900.0) + 2.0 * s / 60}
+         for s in t]
+        + [{"run": "r", "role": "actor_0", "wall_time": s, "rss_mib": 300.0} for s in t])
+    slopes = memory_slopes(frame).set_index("role")
+    assert slopes.loc["collector", "slope_mib_per_min"] == pytest.approx(2.0)
+    assert slopes.loc["actor_0", "slope_mib_per_min"] == pytest.approx(0.0)
+    assert slopes.loc["collector", "first_mib"] == 500.0 and slopes.loc["collector", "rows"] == len(t)
+    fig = memory_figure(frame)
+    (ax,) = fig.axes
+    assert sorted(line.get_label() for line in ax.get_lines()) == ["actor_0", "collector"]
+    assert memory_slopes(frame.drop(columns="rss_mib")).empty

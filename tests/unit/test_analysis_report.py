@@ -54,7 +54,7 @@ def test_report_on_a_grid_writes_tables_figures_and_configs(grid_report):
     assert links and all((out / link).is_file() for link in links), [l for l in links if not (out / l).is_file()]
     pngs = {Path(link).stem for link in links if link.endswith(".png")}
     assert pngs == {"expressivity_time_at_goal", "curves_time_at_goal", "curves_success_any", "curves_critic_loss",
-                    "coverage_maps", "diagnostics"}
+                    "coverage_maps", "diagnostics", "memory"}  # memory: rss_mib is in every logged row
     assert all((out / "figures" / f"{stem}.pdf").is_file() for stem in pngs)
     # Tables as Markdown, LaTeX and CSV; the CSV holds the unrounded numbers.
     assert r"20.00 $\pm$ 5.77 (n=3)" in (out / "tables" / "ablation_time_at_goal.tex").read_text()

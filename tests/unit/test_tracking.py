@@ -42,12 +42,14 @@ def test_step_axis_per_role_kind():
         ["grad_steps", "grad_steps", "env_steps", "env_steps", "wall_time"]
 
 
-def _scalars(directory):
+def _scalars(directory, with_rss: bool = False):
+    """TensorBoard scalars by tag; the every-row memory metric (``*/rss_mib``) left out unless `with_rss`."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     events = EventAccumulator(str(directory), size_guidance={"scalars": 0})
     events.Reload()
-    return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+    return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]
+            if with_rss or not tag.endswith("/rss_mib")}
 
 
 def test_tensorboard_sink_writes_the_rows_and_a_resume_hides_redone_steps(tmp_path):
@@ -58,6 +60,8 @@ def test_tensorboard_sink_writes_the_rows_and_a_resume_hides_redone_steps(tmp_pa
     log.close()
     assert _scalars(tmp_path / "tb" / "learner_d4") == {
         "learner_d4/critic_loss": [(4, 1.0), (8, 2.0), (12, 3.0)], "learner_d4/alpha": [(4, 0.5), (8, 0.5), (12, 0.5)]}
+    rss = _scalars(tmp_path / "tb" / "learner_d4", with_rss=True)["learner_d4/rss_mib"]
+    assert [step for step, _ in rss] == [4, 8, 12] and all(10 < mib < 100_000 for _, mib in rss)
     # A process that resumed from the checkpoint at step 8 redoes step 12 with other values: TensorBoard keeps the new.
     log = make_logger(tmp_path, "learner_d4", ("jsonl", "tensorboard"))
     for grad in (12, 16):
