@@ -115,8 +115,9 @@ def probe_decoupled_run(run_dir: Path, n_starts: int, n_goals: int) -> list[str]
             probe.save_qmap(qmap_path(run_dir, name), fn, state.actor_params, state.critic_params, learner=name,
                             critic_depth=agent.learner.critic_depth, env_steps=env_steps, grad_steps=grad_steps)
             role = f"eval_{name}"
-            row = {"role": role, "wall_time": round(float(counters.get("wall_time_offset", 0.0)), 3), "env_steps": env_steps, "grad_steps": grad_steps,
-                   "param_version": grad_steps, **{f"{role}/{k}": float(v) for k, v in scores.items()}}
+            row = {"role": role, "wall_time": round(float(counters.get("wall_time_offset", 0.0)), 3),
+                   "env_steps": env_steps, "grad_steps": grad_steps, "param_version": grad_steps,
+                   **{f"{role}/{k}": float(v) for k, v in scores.items()}}
             path = run_dir / "metrics" / PROBE_ROWS.format(learner=name)
             tmp = path.with_name(path.name + ".tmp")
             tmp.write_text(json.dumps(row) + "\n")

@@ -173,8 +173,8 @@ class CRLAgent:
 
     # --- probing --------------------------------------------------------------------------------------------------
     def energy(self, actor_params: Params, critic_params: Params, state: jax.Array, goal: jax.Array) -> jax.Array:
-        """Critic energy f(s, π(s, g), g) = -||φ(s, a) - ψ(g)||₂ with the deterministic policy's action, pair by pair:
-        ``state [B, S], goal [B, G] -> [B]`` (higher = the critic puts g closer to s)."""
+        """Critic energy f(s, π(s, g), g) = -||φ(s, a) - ψ(g)||₂ with the deterministic policy's action, pair by
+        pair: ``state [B, S], goal [B, G] -> [B]`` (higher = the critic puts g closer to s)."""
         action = losses.deterministic_action(self.actor.apply(actor_params, jnp.concatenate([state, goal], -1))[0])
         phi, psi = self.critic.apply(critic_params, state, action, goal)
         return losses.energy(phi, psi)
