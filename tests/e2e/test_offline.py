@@ -156,3 +156,14 @@ def _as_decoupled(src, tmp):
                              eval=dataclasses.replace(train.eval, heldout_env_slots=0), run=train.run)
     write_config(dst, "run", config)
     return dst
+
+
+def test_probe_command_refuses_a_directory_without_decoupled_runs(run_cli, source, tmp_path):
+    """`depthrl probe` is for decoupled runs (single-process runs probe at every evaluation): a tree holding only a
+    train run, and a path that is no directory, are refused with exit 2; nothing is written."""
+    before = sorted(p.relative_to(source) for p in source.rglob("*"))
+    code, _, stderr = run_cli(["probe", str(source)], timeout=120)
+    assert code == 2 and "no decoupled run directory below" in stderr and "1 run dir(s) found" in stderr
+    assert sorted(p.relative_to(source) for p in source.rglob("*")) == before
+    code, _, stderr = run_cli(["probe", str(tmp_path / "missing")], timeout=120)
+    assert code == 2 and "is not a directory" in stderr
