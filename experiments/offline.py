@@ -239,6 +239,11 @@ def main(argv: list[str]) -> int:
     prepare_run_dir(plan.run_dir, overwrite=args.overwrite)
     write_config(plan.run_dir, OFFLINE_KIND, plan.config)
     print(f"depthrl offline: run dir {plan.run_dir}", file=sys.stderr)
+    budget = plan.config.schedule.total_env_steps
+    if plan.config.source_env_steps < budget:
+        print(f"depthrl offline: warning: the source's newest checkpoint is at {plan.config.source_env_steps:,} of "
+              f"its {budget:,} env steps: the source run was stopped or is still running; the learners train on "
+              "the buffer as it was then", file=sys.stderr)
     last = run_offline(plan)
     for name, metrics in last.items():
         print(f"{name}: time_at_goal {metrics['time_at_goal']:.1f} success_any {metrics['success_any']:.2f}"

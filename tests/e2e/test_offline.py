@@ -101,6 +101,7 @@ def test_offline_learners_train_on_the_frozen_buffer_and_report_reads_them(run_c
         assert (dst / "probes" / f"{name}.npz").is_file()
         assert f"{name}: time_at_goal" in stdout
     assert not (dst / "metrics" / "collector.jsonl").exists()  # the source's collector does not train here
+    assert "warning" not in stderr  # the source finished its budget
     out = tmp_path / "report"
     code, _, stderr = run_cli(["report", str(dst), "--out", str(out)], timeout=180)
     assert code == 0, stderr[-3000:]
