@@ -129,7 +129,7 @@ def _paired_matrix(pairs: pd.DataFrame) -> pd.DataFrame:
         row["learners"] = f"{setting} d{deep} − d{shallow}"
         for r in group.itertuples():
             cell = f"{r.diff_mean:+.3f} ± " + ("n/a" if pd.isna(r.diff_se) else f"{r.diff_se:.3f}") + f" (n={r.n})"
-            row[r.metric.replace("_", " ")] = cell + (" > 2 SE" if r.beyond_2se else "")
+            row[r.metric.replace("_", " ")] = cell + (" > 2 SE" if r.beyond_2se else "")  # |mean| > 2 SE
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -183,7 +183,8 @@ def _write(root, out, result, table, coverage, grids, qmaps, problems, last_n) -
             pairs.to_csv(out / TABLES_DIR / "paired_differences.csv", index=False)
             md.append("### Deep minus shallow learner, paired by run\n")
             md.append("Per run, the deepest learner's final value minus the shallowest's (same data, same seed); "
-                      "mean ± SE over runs; *> 2 SE* when the mean difference exceeds twice its standard error.\n")
+                      "mean ± SE over runs; *> 2 SE* when the mean difference is more than twice its standard error away "
+                      "from 0 (either sign; for a loss, negative means the deeper learner is better).\n")
             md.append(to_markdown(_paired_matrix(pairs)))
             md.append(f"([CSV]({TABLES_DIR}/paired_differences.csv))\n")
     else:

@@ -135,8 +135,9 @@ def paired_differences(frame: pd.DataFrame, last_n: int = LAST_N_EVALS, metrics:
                        ) -> pd.DataFrame:
     """Deepest minus shallowest learner of each setting, paired by run: per (env, collector depth, setting, metric),
     the per-run differences of the final values (two learners of one run trained on the same data and seed), their
-    mean, standard error (ddof=1 / sqrt(n)) and whether the mean exceeds 2 SE (``beyond_2se``; False when the SE is
-    undefined, n < 2). The setting is "learner" (online passive learners) or "offline" (`depthrl offline` runs).
+    mean, standard error (ddof=1 / sqrt(n)) and whether the mean is further than 2 SE from 0 either way
+    (``beyond_2se``; False when the SE is undefined, n < 2). Which sign is "better" depends on the metric (a loss:
+    negative). The setting is "learner" (online passive learners) or "offline" (`depthrl offline` runs).
 
     Columns: env, collector_depth, setting, deep, shallow, metric, n, diff_mean, diff_se, beyond_2se."""
     metrics = table_metrics(frame) if metrics is None else tuple(metrics)
@@ -159,7 +160,7 @@ def paired_differences(frame: pd.DataFrame, last_n: int = LAST_N_EVALS, metrics:
             mean, se, n = mean_se(diff)
             rows.append({"env": env, "collector_depth": depth, "setting": setting, "deep": deep, "shallow": shallow,
                          "metric": metric, "n": n, "diff_mean": mean, "diff_se": se,
-                         "beyond_2se": bool(n > 1 and np.isfinite(se) and mean > 2 * se)})
+                         "beyond_2se": bool(n > 1 and np.isfinite(se) and abs(mean) > 2 * se)})
     columns = ["env", "collector_depth", "setting", "deep", "shallow", "metric", "n", "diff_mean", "diff_se",
                "beyond_2se"]
     return pd.DataFrame(rows, columns=columns)

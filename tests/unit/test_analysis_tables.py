@@ -215,3 +215,7 @@ def test_paired_differences_by_hand(grid):
     assert c16.diff_mean == pytest.approx(53.0) and c16.n == 1 and math.isnan(c16.diff_se) and not c16.beyond_2se
     assert at[(4, "success_any")].diff_mean == pytest.approx(0.2) and at[(4, "success_any")].beyond_2se
     assert len(pairs) == 4  # 2 collector depths x 2 metrics; the collectors' own evals are not paired
+    # A difference far below 0 is beyond 2 SE too (a loss: the deeper learner lower).
+    flipped = frame.assign(time_at_goal=-frame["time_at_goal"])
+    c4 = paired_differences(flipped).set_index(["collector_depth", "metric"]).loc[(4, "time_at_goal")]
+    assert c4["diff_mean"] == pytest.approx(-37.0) and c4["beyond_2se"]
