@@ -28,7 +28,7 @@ from analysis.load import RunInfo
 
 __all__ = ["COVERAGE_DIR", "CoverageMap", "bin_coverage_fraction", "coverage_entropy", "coverage_fraction",
            "coverage_frame", "free_cell_counts", "layout_wall_mask", "load_run_coverage", "merge_by_collector_depth",
-           "read_coverage", "summed"]
+           "open_npz", "read_coverage", "summed"]
 
 COVERAGE_DIR = "coverage"
 """Sub-directory of a run directory holding one ``<role>.npz`` coverage file per actor."""
@@ -130,16 +130,22 @@ class CoverageMap:
         return self.counts.reshape(n_rows, k, n_cols, k).sum(axis=(1, 3))
 
 
-def read_coverage(path: Path) -> CoverageMap:
-    """Read one coverage file (format: docs/run-directory.md). Raises OSError, or ValueError naming `path` when it is
-    not an npz archive, lacks a key or holds an inconsistent layout."""
+def open_npz(path: Path) -> np.lib.npyio.NpzFile:
+    """An npz archive of the run directory (coverage and probe files), opened without pickles. Raises OSError, or
+    ValueError naming `path` when it is not a readable npz archive."""
     try:
         data = np.load(Path(path), allow_pickle=False)
     except (zipfile.BadZipFile, EOFError) as e:
         raise ValueError(f"{path}: not a readable npz file ({e})") from None
     if not isinstance(data, np.lib.npyio.NpzFile):
         raise ValueError(f"{path}: not an npz archive")
-    with data:
+    return data
+
+
+def read_coverage(path: Path) -> CoverageMap:
+    """Read one coverage file (format: docs/run-directory.md). Raises OSError, or ValueError naming `path` when it is
+    not an npz archive, lacks a key or holds an inconsistent layout."""
+    with open_npz(path) as data:
         try:
             return CoverageMap(
                 counts=np.asarray(data["counts"]).astype(np.int64, copy=False),

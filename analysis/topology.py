@@ -23,7 +23,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import zipfile
 from pathlib import Path
 from typing import Sequence
 
@@ -31,7 +30,7 @@ import numpy as np
 from scipy import sparse, stats
 from scipy.sparse import csgraph
 
-from analysis.coverage import layout_wall_mask
+from analysis.coverage import layout_wall_mask, open_npz
 
 __all__ = ["OPEN_SPACE_MAX_RELATIVE_ERROR", "PROBES_DIR", "FreeSpaceGrid", "ProbePairs", "QMap", "load_run_qmaps",
            "qmap_path", "read_qmap", "sample_probe", "save_qmap", "topology_scores"]
@@ -357,13 +356,7 @@ def save_qmap(path: Path, *, energy: np.ndarray, grid: FreeSpaceGrid, start_xy: 
 def read_qmap(path: Path) -> QMap:
     """Read a probe file. Raises OSError, or ValueError naming `path` when it is not an npz archive, lacks a key or
     holds inconsistent shapes."""
-    try:
-        data = np.load(Path(path), allow_pickle=False)
-    except (zipfile.BadZipFile, EOFError) as e:
-        raise ValueError(f"{path}: not a readable npz file ({e})") from None
-    if not isinstance(data, np.lib.npyio.NpzFile):
-        raise ValueError(f"{path}: not an npz archive")
-    with data:
+    with open_npz(path) as data:
         try:
             return QMap(
                 learner=str(data["learner"]), critic_depth=int(data["critic_depth"]),
