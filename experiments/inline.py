@@ -72,6 +72,11 @@ class InlineTrainer:
     coverage_bins_per_cell: int = 4
     """Histogram bins per maze cell along each axis (k), as `actors.coverage.CoverageGrid`."""
 
+    @property
+    def agents(self) -> tuple[CRLAgent, ...]:
+        """Every agent, by index: 0 the collector, i the passive learner i - 1."""
+        return (self.agent, *self.passive_agents)
+
     def coverage_shape(self) -> tuple[int, int]:
         if self.layout is None:
             return 1, 1
@@ -155,13 +160,12 @@ class InlineTrainer:
                         index: int = 0) -> dict[str, jax.Array]:
         """Critic loss and top-1 contrastive accuracy of agent `index` on `EvalConfig.heldout_batches` minibatches
         relabelled from the held-out slots (``heldout_critic_*``); the same `key` draws the same minibatches."""
-        agent = self.agent if index == 0 else self.passive_agents[index - 1]
-        return heldout_critic_metrics(agent, self.heldout_buffer, heldout, critic_params, key,
+        return heldout_critic_metrics(self.agents[index], self.heldout_buffer, heldout, critic_params, key,
                                       self.plan, self.env.env.spec, self.config)
 
     def evaluate(self, agent_state: CRLState, key: jax.Array, index: int = 0) -> dict[str, jax.Array]:
         """Deterministic-policy evaluation of agent `index` (0 = collector, i = passive learner i - 1)."""
-        agent = self.agent if index == 0 else self.passive_agents[index - 1]
+        agent = self.agents[index]
         policy = lambda params, obs, k: agent.act(params, obs, k, deterministic=True)
         return evaluate(
             self.eval_env, policy, agent_state.actor_params, key, self.config.eval.num_eval_envs,
@@ -212,7 +216,7 @@ def run_training(config: TrainConfig, run_dir: Path, learners: tuple[LearnerSpec
     then passive learners on the same minibatches; default: the config's one learner) name the metrics files
     ``{name}.jsonl`` and ``eval_{name}.jsonl``. Returns the collector's last eval."""
     trainer = make_trainer(config, learners)
-    names = tuple(agent.learner.name for agent in (trainer.agent, *trainer.passive_agents))
+    names = tuple(agent.learner.name for agent in trainer.agents)
     s, run = config.schedule, config.run
     root_key = jax.random.PRNGKey(run.seed)
 
@@ -347,10 +351,9 @@ class Instruments:
     def build(cls, trainer: InlineTrainer, run_dir: Path, root_key: jax.Array) -> Instruments:
         e = trainer.config.eval
         probe = TopologyProbe.for_env(trainer.env.env, e.probe_starts, e.probe_goals, trainer.config.run.seed)
-        agents = (trainer.agent, *trainer.passive_agents)
         return cls(trainer=trainer, run_dir=run_dir, heldout_key=jax.random.fold_in(root_key, 2),
                    heldout_fn=jax.jit(trainer.heldout_metrics, static_argnums=3),
-                   probe=probe, energy_fns=tuple(probe.energies(a) for a in agents) if probe else ())
+                   probe=probe, energy_fns=tuple(probe.energies(a) for a in trainer.agents) if probe else ())
 
     def measure(self, state: TrainerState, agent_state: CRLState, index: int, env_steps: int) -> dict[str, float]:
         """Metrics of agent `index` (0 = collector) at this evaluation; the Q-map file is rewritten."""
@@ -360,7 +363,7 @@ class Instruments:
             out.update({k: float(v) for k, v in
                         self.heldout_fn(state.heldout, agent_state.critic_params, key, index).items()})
         if self.probe is not None:
-            agent = (self.trainer.agent, *self.trainer.passive_agents)[index]
+            agent = self.trainer.agents[index]
             fn = self.energy_fns[index]
             out.update(self.probe.score(fn, agent_state.actor_params, agent_state.critic_params))
             self.probe.save_qmap(qmap_path(self.run_dir, agent.learner.name), fn, agent_state.actor_params,

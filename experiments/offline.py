@@ -80,18 +80,14 @@ class OfflinePlan:
     """A validated offline run: the source's config and learners, and the new run's."""
 
     source: Path
-    source_kind: str
-    """"train" or "run" (config.json kind of the source)."""
     source_config: object
     """The source's `TrainConfig` (a train run's, or an inline run's `as_train_config()`)."""
     source_learners: tuple
     """The source's `LearnerSpec`s, the collector first: the shapes its checkpoint was written with."""
-    config: object
-    """The offline run's `DecoupledConfig`: the source's settings, collector depth = the source collector's, the new
-    learner depths, this run's seed."""
+    config: OfflineRunConfig
+    """The offline run's config: the source's settings, collector depth = the source collector's, the new learner
+    depths, this run's seed, the budget."""
     run_dir: Path
-    grad_steps: int
-    eval_every_grad_steps: int
 
 
 def plan_offline(args: argparse.Namespace) -> OfflinePlan:
@@ -142,7 +138,7 @@ def plan_offline(args: argparse.Namespace) -> OfflinePlan:
         check_depth(depth, "learner_depths")
     if args.grad_steps <= 0:
         raise OfflineError(f"--grad-steps must be positive, got {args.grad_steps}")
-    every = args.eval_every_grad_steps or max(args.grad_steps // 8, 1)
+    every = args.eval_every_grad_steps if args.eval_every_grad_steps is not None else max(args.grad_steps // 8, 1)
     if every <= 0:
         raise OfflineError(f"--eval-every-grad-steps must be positive, got {every}")
     run_dir = args.run_dir or src / f"offline_d{'-'.join(map(str, depths))}"
@@ -160,8 +156,8 @@ def plan_offline(args: argparse.Namespace) -> OfflinePlan:
         runtime=dataclasses.replace(base.runtime, collector_depth=collector_depth, learner_depths=depths,
                                     inline=True))
     config.validate()
-    return OfflinePlan(source=src, source_kind=kind, source_config=train, source_learners=tuple(learners),
-                       config=config, run_dir=run_dir, grad_steps=args.grad_steps, eval_every_grad_steps=every)
+    return OfflinePlan(source=src, source_config=train, source_learners=tuple(learners), config=config,
+                       run_dir=run_dir)
 
 
 def run_offline(plan: OfflinePlan) -> dict[str, dict[str, float]]:
@@ -196,9 +192,10 @@ def run_offline(plan: OfflinePlan) -> dict[str, dict[str, float]]:
     learner_logs = [make_logger(plan.run_dir, n, config.run.sinks, start_time=start) for n in names]
     eval_logs = [make_logger(plan.run_dir, f"eval_{n}", config.run.sinks, start_time=start) for n in names]
     k = trainer.plan.sgd_steps_per_update
-    target = -(-plan.grad_steps // k) * k
+    target = -(-config.grad_steps // k) * k
+    every = config.eval_every_grad_steps
     last: dict[str, dict[str, float]] = {}
-    next_eval = plan.eval_every_grad_steps
+    next_eval = every
     try:
         grad_steps, t0 = 0, time.time()
         while grad_steps < target:
@@ -206,20 +203,18 @@ def run_offline(plan: OfflinePlan) -> dict[str, dict[str, float]]:
             grad_steps = int(state.agent.grad_steps)
             rate = k / max(time.time() - t0, 1e-9)
             t0 = time.time()
-            for log, metrics in zip(learner_logs, all_metrics):
-                # Offline: the data's env steps do not grow; the update-to-data ratio is against the frozen buffer.
-                row = learner_row(metrics, grad_steps=grad_steps, env_steps=env_steps, plan=trainer.plan,
-                                  grad_steps_per_second=rate, policy_lag=0.0)
+            # Offline: the data's env steps do not grow; the update-to-data ratio is against the frozen buffer.
+            rows = [learner_row(m, grad_steps=grad_steps, env_steps=env_steps, plan=trainer.plan,
+                                grad_steps_per_second=rate, policy_lag=0.0) for m in all_metrics]
+            for log, row in zip(learner_logs, rows):
                 log.log(row, env_steps=env_steps, grad_steps=grad_steps, param_version=grad_steps)
             if grad_steps >= next_eval or grad_steps >= target:
-                rows = [learner_row(m, grad_steps=grad_steps, env_steps=env_steps, plan=trainer.plan,
-                                    grad_steps_per_second=rate, policy_lag=0.0, env_steps_per_second=0.0)
-                        for m in all_metrics]
                 for index, (log, agent_state) in enumerate(zip(eval_logs, (state.agent, *state.passive))):
                     last[names[index]] = _evaluate_and_log(  # eval episodes drawn anew at each evaluation
                         evaluate_fn, agent_state, index, env_steps, jax.random.fold_in(root_key, grad_steps), log,
-                        config.run, rows[index], instruments.measure(state, agent_state, index, env_steps))
-                next_eval = (grad_steps // plan.eval_every_grad_steps + 1) * plan.eval_every_grad_steps
+                        config.run, rows[index] | {"env_steps_per_second": 0.0},
+                        instruments.measure(state, agent_state, index, env_steps))
+                next_eval = (grad_steps // every + 1) * every
     finally:
         for log in learner_logs + eval_logs:
             log.close()

@@ -13,6 +13,7 @@ single-process trainer, `depthrl offline`).
 from __future__ import annotations
 
 import dataclasses
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -47,23 +48,27 @@ class TopologyProbe:
                                                    and spec.goal_end == 2):
             return None
         grid = FreeSpaceGrid.from_layout(layout.rows, layout.scaling)
-        start_cell = np.argwhere(np.array([list(row) for row in layout.rows]) == "R")[0]
-        start = grid.nearest_node(start_cell.astype(np.float64) * layout.scaling)
+        start = grid.nearest_node(layout.cell_to_xy(layout.start_cells[0]).astype(np.float64))
         return cls(grid=grid, pairs=sample_probe(grid, n_starts, n_goals, seed), qmap_start_node=int(start),
                    margin=0.5 * layout.scaling)
 
     def energies(self, agent: CRLAgent) -> Any:
         """A jitted ``(actor_params, critic_params, start_xy [P, 2], goal_xy [P, 2]) -> energy [P]`` of `agent`."""
-        return jax.jit(lambda actor, critic, s, g: agent.energy(actor, critic, s, g))
+        return jax.jit(agent.energy)
+
+    @functools.cached_property
+    def _pair_xy(self) -> tuple[jax.Array, jax.Array]:
+        """(start_xy, goal_xy), each float32 ``[S·G, 2]``: every (start, goal) pair of the probe, start-major; built
+        once, on the device."""
+        xy = self.grid.node_xy.astype(np.float32)
+        s_idx, g_idx = self.pairs.start_idx, self.pairs.goal_idx
+        return (jnp.asarray(np.repeat(xy[s_idx], len(g_idx), axis=0)),
+                jnp.asarray(np.tile(xy[g_idx], (len(s_idx), 1))))
 
     def score(self, energy_fn: Any, actor_params: Any, critic_params: Any) -> dict[str, float]:
         """The ``topo_*`` metrics of one learner's params."""
-        xy = self.grid.node_xy.astype(np.float32)
-        s_idx, g_idx = self.pairs.start_idx, self.pairs.goal_idx
-        starts = np.repeat(xy[s_idx], len(g_idx), axis=0)
-        goals = np.tile(xy[g_idx], (len(s_idx), 1))
-        energy = np.asarray(energy_fn(actor_params, critic_params, jnp.asarray(starts), jnp.asarray(goals)))
-        energy = energy.reshape(len(s_idx), len(g_idx))
+        energy = np.asarray(energy_fn(actor_params, critic_params, *self._pair_xy))
+        energy = energy.reshape(len(self.pairs.start_idx), len(self.pairs.goal_idx))
         return topology_scores(energy, self.pairs.geodesic, self.pairs.euclidean, self.margin)
 
     def save_qmap(self, path: Path, energy_fn: Any, actor_params: Any, critic_params: Any, *, learner: str,
