@@ -4,7 +4,7 @@ PYTHON ?= python3.11
 VENV   := .venv
 STAMP  := $(VENV)/.depthrl-installed
 
-.PHONY: demo test test-all bench clean-venv setup-cuda12
+.PHONY: demo test test-all soak bench clean-venv setup-cuda12
 
 $(STAMP): requirements.lock pyproject.toml
 	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -18,9 +18,13 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest -q -m "not slow and not soak"
 
-# Everything, including the slow learning test and the slow Brax env tests.
+# Everything but the soak, including the slow learning test and the slow Brax env tests.
 test-all: $(STAMP)
-	$(VENV)/bin/python -m pytest -q
+	$(VENV)/bin/python -m pytest -q -m "not soak"
+
+# The memory soak (2 hours by default; tests/e2e/test_soak.py says how to change it). Run it on an idle machine.
+soak: $(STAMP)
+	DEPTHRL_SOAK_OUT=$${DEPTHRL_SOAK_OUT:-soak-out} $(VENV)/bin/python -m pytest -q -m soak -s tests/e2e/test_soak.py
 
 clean-venv:
 	rm -rf $(VENV)

@@ -247,15 +247,18 @@ def cmd_resume(argv: list[str]) -> int:
     return _launch(config, args.run_dir, requests)
 
 
-def _run_role(role: str, run: Callable[[], int]) -> int:
+def _run_role(role: str, run: Callable[[], int], run_dir: Path, name: str) -> int:
     """Run a role to its end and exit the process (see `_exit_role`). An exception ends the role with exit code 1
     and its traceback in the log; a failed write to the run directory (disk full, not writable) with a plain message
-    and `EXIT_RUN_DIR_UNWRITABLE`, which the launcher names even if this message cannot be written either."""
+    and `EXIT_RUN_DIR_UNWRITABLE`, which the launcher names even if this message cannot be written either. `name`
+    names this process's memory diagnostics file when they are on (`experiments.memdiag`)."""
     import traceback
 
+    from experiments.memdiag import start_from_env
     from experiments.runs import EXIT_RUN_DIR_UNWRITABLE, is_disk_error
 
     try:
+        start_from_env(run_dir, name)
         code = run()
     except Exception as e:  # noqa: BLE001 (the role ends here either way; say why)
         if is_disk_error(e):
@@ -343,7 +346,7 @@ def cmd_replay(argv: list[str]) -> int:
         print(f"WARNING: the replay server listens on all interfaces, port {args.port}, with no authentication and no "
               f"TLS: anyone who can reach port {args.port} can read and write replay data and params. Keep it inside a "
               "private network.", file=sys.stderr, flush=True)
-    return _run_role("replay", lambda: run_replay(args.run_dir, args.port))
+    return _run_role("replay", lambda: run_replay(args.run_dir, args.port), args.run_dir, "replay")
 
 
 def cmd_learner(argv: list[str]) -> int:
@@ -362,7 +365,8 @@ def cmd_learner(argv: list[str]) -> int:
         return _fail(error)
     from experiments.compose import run_learner_role
 
-    return _run_role("learner", lambda: run_learner_role(args.run_dir, args.replay, names))
+    return _run_role("learner", lambda: run_learner_role(args.run_dir, args.replay, names), args.run_dir,
+                     "learner-" + "+".join(names))
 
 
 def cmd_actor(argv: list[str]) -> int:
@@ -380,7 +384,8 @@ def cmd_actor(argv: list[str]) -> int:
         return _fail(error)
     from experiments.compose import run_actor_role
 
-    return _run_role("actor", lambda: run_actor_role(args.run_dir, args.replay, args.actor_id))
+    return _run_role("actor", lambda: run_actor_role(args.run_dir, args.replay, args.actor_id), args.run_dir,
+                     f"actor-{args.actor_id}")
 
 
 def cmd_evaluator(argv: list[str]) -> int:
@@ -398,7 +403,8 @@ def cmd_evaluator(argv: list[str]) -> int:
         return _fail(error)
     from experiments.compose import run_evaluator_role
 
-    return _run_role("evaluator", lambda: run_evaluator_role(args.run_dir, args.replay, args.learner))
+    return _run_role("evaluator", lambda: run_evaluator_role(args.run_dir, args.replay, args.learner),
+                     args.run_dir, f"evaluator-{args.learner}")
 
 
 def _delegate(target: str) -> Callable[[list[str]], int]:

@@ -170,7 +170,9 @@ def last_error_line(output: str) -> str:
 
 
 def _role_env(config: DecoupledConfig, role: str) -> dict[str, str]:
-    env = dict(os.environ)
+    from experiments.memdiag import ALLOCATOR_ENV
+
+    env = {**ALLOCATOR_ENV, **os.environ}
     env.setdefault("PYTHONUNBUFFERED", "1")
     env[LAUNCHER_PID_ENV] = str(os.getpid())
     r = config.runtime

@@ -43,7 +43,9 @@ class RoleHost:
         through which the role watches its parent (this host): the role stops when the host is gone."""
         import ray
 
-        child_env = {**os.environ, **env, parent_pid_env: str(os.getpid()), "PYTHONUNBUFFERED": "1"}
+        from experiments.memdiag import ALLOCATOR_ENV
+
+        child_env = {**ALLOCATOR_ENV, **os.environ, **env, parent_pid_env: str(os.getpid()), "PYTHONUNBUFFERED": "1"}
         if gpus <= 0:
             child_env.update(CUDA_VISIBLE_DEVICES="", JAX_PLATFORMS="cpu")
         elif gpus < 1:  # a share of one GPU: Ray does not split its memory, XLA must

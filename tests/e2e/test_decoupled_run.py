@@ -194,7 +194,9 @@ def test_shared_batch_mode_trains_every_learner_on_identical_minibatches(tmp_pat
     args = [sys.executable, "-m", "experiments.cli", "run", "--run-dir", str(run_dir), "--collector-depth", "4",
             "--learner-depths", "8", "--actors", "1", "--env-steps", "8000", "--eval-every-env-steps", "4000",
             "--sampling-mode", "shared-batch", *SMALL]
-    proc = subprocess.run(args, cwd=REPO, env=env(), capture_output=True, text=True, timeout=600)
+    # Memory diagnostics on (experiments.memdiag): every role process writes its rows next to the metrics.
+    diag_env = {**env(), "DEPTHRL_MEMDIAG_SECONDS": "2", "DEPTHRL_MEMDIAG_WARMUP_SECONDS": "0"}
+    proc = subprocess.run(args, cwd=REPO, env=diag_env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
     logs = sorted(p.name for p in (run_dir / "logs").iterdir())
     assert "learner_collector+learner_d8.log" in logs  # one learner process hosts both
@@ -205,3 +207,13 @@ def test_shared_batch_mode_trains_every_learner_on_identical_minibatches(tmp_pat
     assert [r["env_steps"] for r in collector] == [r["env_steps"] for r in passive]
     assert collector[-1]["collector/critic_loss"] != passive[-1]["learner_d8/critic_loss"]  # different networks
     assert children_of_run(run_dir) == []
+    diagnostics = {p.name.rsplit("-", 1)[0]: rows(p) for p in (run_dir / "diagnostics").glob("*.jsonl")}
+    assert set(diagnostics) == {"replay", "learner-collector+learner_d8", "actor-0", "evaluator-collector",
+                                "evaluator-learner_d8"}, sorted(diagnostics)
+    learner_diag = diagnostics["learner-collector+learner_d8"]
+    assert len(learner_diag) >= 2 and "types_grown" in learner_diag[-1]
+    assert learner_diag[-1]["jax_live_arrays"] > 0 and learner_diag[-1]["heap_in_use_mib"] > 0
+    assert {r["malloc_arena_max"] for d in diagnostics.values() for r in d} == {"2"}  # memdiag.ALLOCATOR_ENV
+    # Resident memory splits into anonymous and file pages (read a moment apart from the total: 5% slack).
+    assert all(abs(d[-1]["rss_anon_mib"] + d[-1]["rss_file_mib"] - d[-1]["rss_mib"]) < 0.05 * d[-1]["rss_mib"]
+               for d in diagnostics.values())
