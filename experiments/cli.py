@@ -153,6 +153,7 @@ def cmd_run(argv: list[str]) -> int:
         )
         check_run_dir(run_dir, resume=False, overwrite=run.overwrite)
         _check_port(config)
+        _check_diagnostics_env()
         requests = _check_backend(config, run_dir)
     except (ConfigError, RunDirError) as e:
         return _fail(str(e))
@@ -161,6 +162,14 @@ def cmd_run(argv: list[str]) -> int:
     write_config(run_dir, "run", config)
     print(f"depthrl run: run dir {run_dir}", file=sys.stderr)
     return _launch(config, Path(run_dir), requests)
+
+
+def _check_diagnostics_env() -> None:
+    from experiments.memdiag import env_error
+    from learners.networks import ConfigError
+
+    if error := env_error():
+        raise ConfigError(error)
 
 
 def _check_port(config) -> None:
@@ -237,6 +246,7 @@ def cmd_resume(argv: list[str]) -> int:
             config = dataclasses.replace(config, runtime=dataclasses.replace(config.runtime, **overrides))
         config.validate()
         _check_port(config)
+        _check_diagnostics_env()
         requests = _check_backend(config, args.run_dir)
         from experiments.resume import check_resume_state, upgrade_v1_status
 

@@ -159,6 +159,22 @@ class MemoryDiagnostics:
         self._stop.set()
 
 
+def env_error() -> str | None:
+    """What is wrong with the diagnostics variables of this environment, or None (checked before a run starts)."""
+    for name, zero_ok in ((INTERVAL_ENV, False), (WARMUP_ENV, True)):
+        value = os.environ.get(name)
+        if not value:
+            continue
+        try:
+            seconds = float(value)
+        except ValueError:
+            seconds = float("nan")
+        if not (seconds >= 0 if zero_ok else seconds > 0):  # also refuses nan
+            return (f"{name}={value!r} must be a number of seconds, {'0 or more' if zero_ok else 'above 0'} "
+                    "(memory diagnostics, experiments/memdiag.py)")
+    return None
+
+
 def start_from_env(run_dir: Path, role: str) -> MemoryDiagnostics | None:
     """Start the diagnostics of this role process when `INTERVAL_ENV` asks for them; None otherwise."""
     interval = os.environ.get(INTERVAL_ENV)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 import re
 import shutil
 import socket
@@ -125,6 +126,16 @@ def copy_of_stopped(case: Path, stopped: Path, port: int) -> Path:
     run_dir = case / "run"
     shutil.copytree(stopped, run_dir)
     return run_dir
+
+
+def with_env(name: str, value: str, setup: Setup) -> Setup:
+    """`setup`, with an environment variable set (restored after the test: `_diagnostics_env_restored`)."""
+
+    def build(case: Path, stopped: Path, port: int) -> Path:
+        os.environ[name] = value
+        return setup(case, stopped, port)
+
+    return build
 
 
 def edited(edit: Callable[[dict, int], None]) -> Setup:
@@ -278,6 +289,10 @@ CASES: list[tuple[str, list[str], Setup, list[str]]] = [
     ("unknown_command", ["frobnicate"], fresh, ["unknown command 'frobnicate'", "run", "resume"]),
     # depthrl resume: the recorded run
     ("resume_missing_dir", ["resume", R], fresh, ["is not a run directory", "config.json"]),
+    ("memdiag_seconds_not_a_number", ["run", *BASE], with_env("DEPTHRL_MEMDIAG_SECONDS", "abc", fresh),
+     ["DEPTHRL_MEMDIAG_SECONDS='abc' must be a number of seconds, above 0"]),
+    ("resume_memdiag_warmup_negative", ["resume", R], with_env("DEPTHRL_MEMDIAG_WARMUP_SECONDS", "-5", copy_of_stopped),
+     ["DEPTHRL_MEMDIAG_WARMUP_SECONDS='-5' must be a number of seconds, 0 or more"]),
     ("resume_incompatible_version", ["resume", R], edited(lambda p, _: p.update(format_version=0)),
      ["incompatible depthrl", "format_version 0", "format_version 1"]),
     ("resume_a_train_run", ["resume", R], edited(lambda p, _: p.update(kind="train")),
@@ -354,6 +369,13 @@ def nothing_starts(monkeypatch):
     monkeypatch.setattr(experiments.inline, "run_training", stub("inline.run_training"))
     monkeypatch.setattr(cli, "_run_role", stub("cli._run_role"))
     return calls
+
+
+@pytest.fixture(autouse=True)
+def _diagnostics_env_restored(monkeypatch):
+    """The memory-diagnostics variables are unset in every case (and restored afterwards), whatever `with_env` did."""
+    for name in ("DEPTHRL_MEMDIAG_SECONDS", "DEPTHRL_MEMDIAG_WARMUP_SECONDS"):
+        monkeypatch.setenv(name, "")
 
 
 @pytest.mark.parametrize("argv, setup, expected", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
