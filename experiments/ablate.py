@@ -283,8 +283,11 @@ def run_grid(grid_dir: Path, state: dict, runs: list[GridRun], parallel: int,
         print(f"depthrl ablate: {skipped} of {len(runs)} runs already done, skipped", file=sys.stderr)
     live: dict[str, tuple[subprocess.Popen, float]] = {}
     failed: list[str] = []
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[1]),
-                                                                        os.environ.get("PYTHONPATH")]))}
+    from experiments.memdiag import ALLOCATOR_ENV
+
+    env = {**ALLOCATOR_ENV, **os.environ,
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[1]),
+                                                       os.environ.get("PYTHONPATH")]))}
     try:
         while todo or live:
             while todo and len(live) < parallel:

@@ -34,7 +34,8 @@ from pathlib import Path
 from typing import Any
 
 ALLOCATOR_ENV = {"MALLOC_ARENA_MAX": "2"}
-"""Set in every role process's environment unless the user's environment sets it (local and Ray launchers). glibc
+"""Set in the environment of every process depthrl starts (roles of the local and Ray launchers, the runs of
+`depthrl ablate`) unless the user's environment sets it; a `depthrl train` started by hand keeps glibc's default. glibc
 gives each thread that allocates its own arena, up to 8 per core; the gRPC, TensorFlow and XLA thread pools of a role
 then spread its heap over many arenas whose freed space is kept, not returned, and the process's resident memory
 creeps for hours. Two arenas bound that (measurements: docs/replay.md, "Memory over hours")."""
