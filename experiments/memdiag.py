@@ -23,6 +23,7 @@ from __future__ import annotations
 import collections
 import ctypes
 import ctypes.util
+import functools
 import gc
 import json
 import os
@@ -32,6 +33,8 @@ import time
 import tracemalloc
 from pathlib import Path
 from typing import Any
+
+from experiments.metrics import process_rss_mib
 
 ALLOCATOR_ENV = {"MALLOC_ARENA_MAX": "2"}
 """Set in the environment of every process depthrl starts (roles of the local and Ray launchers, the runs of
@@ -53,6 +56,7 @@ class _MallInfo2(ctypes.Structure):
                  "keepcost")]
 
 
+@functools.lru_cache(maxsize=1)
 def _mallinfo2():
     """glibc's `mallinfo2` function, or None (another libc, or glibc < 2.33)."""
     try:
@@ -117,8 +121,6 @@ class MemoryDiagnostics:
             tracemalloc.start(1)
 
     def sample(self) -> dict[str, Any]:
-        from experiments.metrics import process_rss_mib
-
         elapsed = time.monotonic() - self._start
         row: dict[str, Any] = {"t": round(elapsed, 1), "rss_mib": process_rss_mib(),
                                "threads": _count_dir("/proc/self/task"), "fds": _count_dir("/proc/self/fd"),
