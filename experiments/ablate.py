@@ -283,7 +283,7 @@ def run_grid(grid_dir: Path, state: dict, runs: list[GridRun], parallel: int,
         print(f"depthrl ablate: {skipped} of {len(runs)} runs already done, skipped", file=sys.stderr)
     live: dict[str, tuple[subprocess.Popen, float]] = {}
     failed: list[str] = []
-    from experiments.memdiag import ALLOCATOR_ENV
+    from experiments.allocator import ALLOCATOR_ENV
 
     env = {**ALLOCATOR_ENV, **os.environ,
            "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[1]),

@@ -55,6 +55,7 @@ def cmd_train(argv: list[str]) -> int:
         # Checked before the resume branch, which replaces `run` by the recorded one and would drop --overwrite.
         if run.resume and run.overwrite:
             raise ConfigError("--resume and --overwrite exclude each other")
+        _check_diagnostics_env()
         if run.resume:
             if run.run_dir is None:
                 raise RunDirError("--resume needs --run-dir")
@@ -84,8 +85,10 @@ def cmd_train(argv: list[str]) -> int:
     except (ConfigError, RunDirError) as e:
         return _fail(str(e))
 
+    from experiments.allocator import start_trimming_from_env
     from experiments.inline import run_training
 
+    start_trimming_from_env()
     print(f"depthrl train: run dir {run_dir}", file=sys.stderr)
     try:
         final = run_training(config, Path(run_dir))
@@ -165,10 +168,10 @@ def cmd_run(argv: list[str]) -> int:
 
 
 def _check_diagnostics_env() -> None:
-    from experiments.memdiag import env_error
+    from experiments import allocator, memdiag
     from learners.networks import ConfigError
 
-    if error := env_error():
+    if error := memdiag.env_error() or allocator.env_error():
         raise ConfigError(error)
 
 
@@ -261,13 +264,16 @@ def _run_role(role: str, run: Callable[[], int], run_dir: Path, name: str) -> in
     """Run a role to its end and exit the process (see `_exit_role`). An exception ends the role with exit code 1
     and its traceback in the log; a failed write to the run directory (disk full, not writable) with a plain message
     and `EXIT_RUN_DIR_UNWRITABLE`, which the launcher names even if this message cannot be written either. `name`
-    names this process's memory diagnostics file when they are on (`experiments.memdiag`)."""
+    names this process's memory diagnostics file when they are on (`experiments.memdiag`). The heap trimmer
+    (`experiments.allocator`) runs for the role's whole life."""
     import traceback
 
+    from experiments.allocator import start_trimming_from_env
     from experiments.memdiag import start_from_env
     from experiments.runs import EXIT_RUN_DIR_UNWRITABLE, is_disk_error
 
     try:
+        start_trimming_from_env()
         start_from_env(run_dir, name)
         code = run()
     except Exception as e:  # noqa: BLE001 (the role ends here either way; say why)

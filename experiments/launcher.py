@@ -170,7 +170,7 @@ def last_error_line(output: str) -> str:
 
 
 def _role_env(config: DecoupledConfig, role: str) -> dict[str, str]:
-    from experiments.memdiag import ALLOCATOR_ENV
+    from experiments.allocator import ALLOCATOR_ENV
 
     env = {**ALLOCATOR_ENV, **os.environ}
     env.setdefault("PYTHONUNBUFFERED", "1")

@@ -15,14 +15,14 @@ each role process starts a daemon thread that appends a row every S seconds to
 
 The baseline is taken ``DEPTHRL_MEMDIAG_WARMUP_SECONDS`` (default 300) after the process starts. Growth of
 ``heap_in_use`` with flat Python and JAX numbers is a native leak; growth of ``rss_anon`` with flat ``heap_in_use``
-and rising ``heap_free`` is fragmentation, which `ALLOCATOR_ENV` bounds.
+and rising ``heap_free`` is fragmentation, which `experiments.allocator` bounds; its trimmer's calls and their time
+are in every row (``heap_trims``, ``heap_trim_ms``).
 """
 
 from __future__ import annotations
 
 import collections
 import ctypes
-import ctypes.util
 import functools
 import gc
 import json
@@ -34,14 +34,8 @@ import tracemalloc
 from pathlib import Path
 from typing import Any
 
+from experiments.allocator import libc, trim_stats
 from experiments.metrics import process_rss_mib
-
-ALLOCATOR_ENV = {"MALLOC_ARENA_MAX": "2"}
-"""Set in the environment of every process depthrl starts (roles of the local and Ray launchers, the runs of
-`depthrl ablate`) unless the user's environment sets it; a `depthrl train` started by hand keeps glibc's default. glibc
-gives each thread that allocates its own arena, up to 8 per core; the gRPC, TensorFlow and XLA thread pools of a role
-then spread its heap over many arenas whose freed space is kept, not returned, and the process's resident memory
-creeps for hours. Two arenas bound that (measurements: docs/replay.md, "Memory over hours")."""
 
 INTERVAL_ENV = "DEPTHRL_MEMDIAG_SECONDS"
 WARMUP_ENV = "DEPTHRL_MEMDIAG_WARMUP_SECONDS"
@@ -59,12 +53,9 @@ class _MallInfo2(ctypes.Structure):
 @functools.lru_cache(maxsize=1)
 def _mallinfo2():
     """glibc's `mallinfo2` function, or None (another libc, or glibc < 2.33)."""
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        fn = libc.mallinfo2
-    except (OSError, AttributeError):
-        return None
-    fn.restype = _MallInfo2
+    fn = getattr(libc(), "mallinfo2", None)
+    if fn is not None:
+        fn.restype = _MallInfo2
     return fn
 
 
@@ -126,6 +117,7 @@ class MemoryDiagnostics:
                                "threads": _count_dir("/proc/self/task"), "fds": _count_dir("/proc/self/fd"),
                                "malloc_arena_max": os.environ.get("MALLOC_ARENA_MAX")}
         row.update({k: round(v, 3) for k, v in {**rss_parts(), **heap_numbers()}.items()})
+        row.update(trim_stats())
         types = _type_counts()
         row["py_objects"] = sum(types.values())
         if "jax" in sys.modules:

@@ -43,7 +43,7 @@ class RoleHost:
         through which the role watches its parent (this host): the role stops when the host is gone."""
         import ray
 
-        from experiments.memdiag import ALLOCATOR_ENV
+        from experiments.allocator import ALLOCATOR_ENV
 
         child_env = {**ALLOCATOR_ENV, **os.environ, **env, parent_pid_env: str(os.getpid()), "PYTHONUNBUFFERED": "1"}
         if gpus <= 0:

@@ -293,6 +293,10 @@ CASES: list[tuple[str, list[str], Setup, list[str]]] = [
      ["DEPTHRL_MEMDIAG_SECONDS='abc' must be a number of seconds, above 0"]),
     ("resume_memdiag_warmup_negative", ["resume", R], with_env("DEPTHRL_MEMDIAG_WARMUP_SECONDS", "-5", copy_of_stopped),
      ["DEPTHRL_MEMDIAG_WARMUP_SECONDS='-5' must be a number of seconds, 0 or more"]),
+    ("train_malloc_trim_seconds_not_a_number", ["train", "--run-dir", R], with_env("DEPTHRL_MALLOC_TRIM_SECONDS", "x",
+     fresh), ["DEPTHRL_MALLOC_TRIM_SECONDS='x' must be a number of seconds"]),
+    ("malloc_trim_seconds_negative", ["run", *BASE], with_env("DEPTHRL_MALLOC_TRIM_SECONDS", "-1", fresh),
+     ["DEPTHRL_MALLOC_TRIM_SECONDS='-1' must be a number of seconds, 0 or more"]),
     ("resume_incompatible_version", ["resume", R], edited(lambda p, _: p.update(format_version=0)),
      ["incompatible depthrl", "format_version 0", "format_version 1"]),
     ("resume_a_train_run", ["resume", R], edited(lambda p, _: p.update(kind="train")),
@@ -374,7 +378,7 @@ def nothing_starts(monkeypatch):
 @pytest.fixture(autouse=True)
 def _diagnostics_env_restored(monkeypatch):
     """The memory-diagnostics variables are unset in every case (and restored afterwards), whatever `with_env` did."""
-    for name in ("DEPTHRL_MEMDIAG_SECONDS", "DEPTHRL_MEMDIAG_WARMUP_SECONDS"):
+    for name in ("DEPTHRL_MEMDIAG_SECONDS", "DEPTHRL_MEMDIAG_WARMUP_SECONDS", "DEPTHRL_MALLOC_TRIM_SECONDS"):
         monkeypatch.setenv(name, "")
 
 

@@ -194,8 +194,10 @@ def test_shared_batch_mode_trains_every_learner_on_identical_minibatches(tmp_pat
     args = [sys.executable, "-m", "experiments.cli", "run", "--run-dir", str(run_dir), "--collector-depth", "4",
             "--learner-depths", "8", "--actors", "1", "--env-steps", "8000", "--eval-every-env-steps", "4000",
             "--sampling-mode", "shared-batch", *SMALL]
-    # Memory diagnostics on (experiments.memdiag): every role process writes its rows next to the metrics.
-    diag_env = {**env(), "DEPTHRL_MEMDIAG_SECONDS": "2", "DEPTHRL_MEMDIAG_WARMUP_SECONDS": "0"}
+    # Memory diagnostics on (experiments.memdiag): every role process writes its rows next to the metrics; the heap
+    # trimmer (experiments.allocator) runs every second instead of every minute, so that its calls show in them.
+    diag_env = {**env(), "DEPTHRL_MEMDIAG_SECONDS": "2", "DEPTHRL_MEMDIAG_WARMUP_SECONDS": "0",
+                "DEPTHRL_MALLOC_TRIM_SECONDS": "1"}
     proc = subprocess.run(args, cwd=REPO, env=diag_env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
     logs = sorted(p.name for p in (run_dir / "logs").iterdir())
@@ -213,7 +215,8 @@ def test_shared_batch_mode_trains_every_learner_on_identical_minibatches(tmp_pat
     learner_diag = diagnostics["learner-collector+learner_d8"]
     assert len(learner_diag) >= 2 and "types_grown" in learner_diag[-1]
     assert learner_diag[-1]["jax_live_arrays"] > 0 and learner_diag[-1]["heap_in_use_mib"] > 0
-    assert {r["malloc_arena_max"] for d in diagnostics.values() for r in d} == {"2"}  # memdiag.ALLOCATOR_ENV
+    assert {r["malloc_arena_max"] for d in diagnostics.values() for r in d} == {"2"}  # allocator.ALLOCATOR_ENV
+    assert all(d[-1]["heap_trims"] >= 2 and d[-1]["heap_trim_ms"] > 0 for d in diagnostics.values())
     # Resident memory splits into anonymous and file pages (read a moment apart from the total: 5% slack).
     assert all(abs(d[-1]["rss_anon_mib"] + d[-1]["rss_file_mib"] - d[-1]["rss_mib"]) < 0.05 * d[-1]["rss_mib"]
                for d in diagnostics.values())
