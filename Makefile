@@ -16,10 +16,12 @@ demo: $(STAMP)
 	$(VENV)/bin/depthrl ablate --preset demo
 
 test: $(STAMP)
+	$(VENV)/bin/python -m experiments.assets
 	$(VENV)/bin/python -m pytest -q -m "not slow and not soak"
 
 # Everything but the soak, including the slow learning test and the slow Brax env tests.
 test-all: $(STAMP)
+	$(VENV)/bin/python -m experiments.assets
 	$(VENV)/bin/python -m pytest -q -m "not soak"
 
 # The memory soak (2 hours by default; tests/e2e/test_soak.py says how to change it). Run it on an idle machine.

@@ -1,6 +1,8 @@
 """Env throughput: env steps per second of a jitted, vmapped `step`, scanned over time, compilation excluded.
 
     python bench/env_throughput.py                          # every family + one ant maze, N = 64, 256, 1024
+                                                            # (the arm: N = 1, 4, 16 on a CPU, 5 steps per call)
+    python bench/env_throughput.py --envs arm_push_easy,arm_binpick_hard --num-envs 256,1024,4096   # on a GPU
     python bench/env_throughput.py --envs ant_u_maze,humanoid_u_maze --max-geom-pairs none,8,16,32
     python bench/env_throughput.py --envs point_u_maze --num-envs 1024,4096 --seconds 1
 
@@ -32,8 +34,11 @@ import jax
 
 from actors.envs import registry
 
-DEFAULT_ENVS = ("point_u_maze", "reacher", "ant", "ant_u_maze", "humanoid")
-"""One env per family (point, reacher, ant, humanoid) plus one ant maze: walls multiply the contact work."""
+DEFAULT_ENVS = ("point_u_maze", "reacher", "ant", "ant_u_maze", "humanoid", "arm_push_easy")
+"""One env per family (point, reacher, ant, humanoid, arm) plus one ant maze: walls multiply the contact work."""
+SLOW_ON_CPU = {"arm": ("1,4,16", 5)}
+"""Families whose batched physics is slow on a CPU (MJX, 25 substeps per step): their default batch sizes and steps per
+call there, so that one call takes seconds, not minutes (docs/envs.md, "The arm on a CPU")."""
 CULLABLE_FAMILIES = ("ant", "humanoid")
 """Families whose maze envs take `max_geom_pairs`."""
 
@@ -116,15 +121,17 @@ def _parse_pairs(text: str) -> list[int | None | str]:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--envs", default=",".join(DEFAULT_ENVS), help="comma-separated registered env names")
-    parser.add_argument("--num-envs", default="64,256,1024", help="comma-separated batch sizes N")
-    parser.add_argument("--chunk-steps", type=int, default=20, help="env steps per env in one compiled call")
+    parser.add_argument("--num-envs", default=None,
+                        help="comma-separated batch sizes N (default 64,256,1024; see SLOW_ON_CPU)")
+    parser.add_argument("--chunk-steps", type=int, default=None,
+                        help="env steps per env in one compiled call (default 20; see SLOW_ON_CPU)")
     parser.add_argument("--seconds", type=float, default=2.0, help="timed seconds per configuration")
     parser.add_argument("--min-calls", type=int, default=3, help="timed calls per configuration at least")
     parser.add_argument("--max-geom-pairs", type=_parse_pairs, default=["default"],
                         help="contact culling values to sweep for ant/humanoid mazes: default,none,8,16,...")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    if args.chunk_steps <= 0 or args.seconds < 0 or args.min_calls <= 0:
+    if (args.chunk_steps is not None and args.chunk_steps <= 0) or args.seconds < 0 or args.min_calls <= 0:
         parser.error("--chunk-steps and --min-calls must be positive, --seconds non-negative")
     args.env_names = [n for n in args.envs.split(",") if n]
     for name in args.env_names:
@@ -132,16 +139,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             registry.get_entry(name)
         except registry.UnknownEnvError as e:
             parser.error(str(e))
-    args.batch_sizes = [int(n) for n in args.num_envs.split(",") if n]
     return args
+
+
+def sizes_for(args: argparse.Namespace, family: str) -> tuple[list[int], int]:
+    """Batch sizes and steps per call for an env of `family`: the flags when given, else the defaults."""
+    num_envs, chunk_steps = "64,256,1024", 20
+    if family in SLOW_ON_CPU and jax.default_backend() == "cpu":
+        num_envs, chunk_steps = SLOW_ON_CPU[family]
+    return ([int(n) for n in (args.num_envs or num_envs).split(",") if n], args.chunk_steps or chunk_steps)
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     print(machine_line())
-    print(f"{args.chunk_steps} steps per call, >= {args.seconds:g} s and >= {args.min_calls} calls per "
+    print(f"T steps per env per call, >= {args.seconds:g} s and >= {args.min_calls} calls per "
           f"configuration; env steps/s = median over calls; maze culling variants timed in interleaved rounds\n")
-    header = (f"{'env':<20} {'family':<9} {'max_pairs':>9} {'num_envs':>8} {'compile_s':>9} {'calls':>5} "
+    header = (f"{'env':<20} {'family':<9} {'max_pairs':>9} {'num_envs':>8} {'T':>3} {'compile_s':>9} {'calls':>5} "
               f"{'env_steps/s':>12} {'best':>12} {'/first':>6}")
     print(header)
     print("-" * len(header))
@@ -150,16 +164,17 @@ def main(argv: list[str] | None = None) -> None:
         entry = registry.get_entry(name)
         cullable = entry.family in CULLABLE_FAMILIES and dict(entry.kwargs).get("maze") is not None
         variants = [{} if p == "default" else {"max_geom_pairs": p} for p in args.max_geom_pairs] if cullable else [{}]
-        for num_envs in args.batch_sizes:
+        batch_sizes, chunk_steps = sizes_for(args, entry.family)
+        for num_envs in batch_sizes:
             configs = []
             for kwargs in variants:
                 label = str(registry.make_env(name, **kwargs).max_geom_pairs).lower() if cullable else "-"
-                configs.append(compile_config(name, num_envs, args.chunk_steps, args.seed, kwargs, label))
+                configs.append(compile_config(name, num_envs, chunk_steps, args.seed, kwargs, label))
             time_interleaved(configs, args.seconds, args.min_calls)
             first = statistics.median(configs[0].rates)
             for c in configs:
                 median = statistics.median(c.rates)
-                print(f"{name:<20} {entry.family:<9} {c.label:>9} {num_envs:>8} {c.compile_seconds:>9.1f} "
+                print(f"{name:<20} {entry.family:<9} {c.label:>9} {num_envs:>8} {c.chunk_steps:>3} {c.compile_seconds:>9.1f} "
                       f"{len(c.rates):>5} {median:>12,.0f} {max(c.rates):>12,.0f} {median / first:>6.2f}", flush=True)
     print(f"\ntotal {time.perf_counter() - started:.0f} s")
 

@@ -104,6 +104,7 @@ def cmd_train(argv: list[str]) -> int:
 def cmd_envs(argv: list[str]) -> int:
     import argparse
 
+    from actors.envs.arm_assets import MissingAssetsError
     from actors.envs.registry import env_names, get_entry, make_env
 
     parser = argparse.ArgumentParser(prog="depthrl envs", description="List registered environments.")
@@ -112,7 +113,11 @@ def cmd_envs(argv: list[str]) -> int:
     print(header)
     print("-" * len(header))
     for name in env_names():
-        env = make_env(name)
+        try:
+            env = make_env(name)
+        except MissingAssetsError as e:
+            print(f"{name:<26} {get_entry(name).family:<9} (model not fetched: {e})")
+            continue
         spec = env.spec
         goal = f"[{spec.goal_start}:{spec.goal_end}]"
         print(f"{name:<26} {get_entry(name).family:<9} {spec.obs_dim:>4} {spec.state_dim:>5} {goal:>10} "

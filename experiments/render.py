@@ -240,7 +240,8 @@ def write_html(env, pipeline_states, num_frames: int, path: Path) -> None:
     from brax.io import html
 
     frames = [jax.tree_util.tree_map(lambda x: x[t], pipeline_states) for t in range(num_frames)]
-    path.write_text(html.render(env.sys.tree_replace({"opt.timestep": env.dt}), frames, height=600, colab=False))
+    system = getattr(env, "render_sys", env.sys)  # the arms draw their links as capsules (their meshes are stripped)
+    path.write_text(html.render(system.tree_replace({"opt.timestep": env.dt}), frames, height=600, colab=False))
 
 
 def plot_topdown(layout, achieved_xy, goal_xy, title: str):

@@ -20,7 +20,7 @@ class EnvEntry:
 
     name: str
     family: str
-    """Family shown by `depthrl envs` (point, reacher, ant, humanoid)."""
+    """Family shown by `depthrl envs` (point, reacher, ant, humanoid, arm)."""
     target: str
     """'module:callable' that builds the env; called with `kwargs`."""
     kwargs: tuple[tuple[str, Any], ...] = ()
@@ -130,3 +130,14 @@ for _name, _maze, _description in (
 ):
     register(EnvEntry(_name, "humanoid", "actors.envs.humanoid:make_humanoid", (("maze", _maze),), _description))
 del _name, _maze, _description
+
+# Franka Panda arm (actors/envs/arm.py): MJX, 0.05 s per step; models fetched at set-up (actors/envs/arm_assets.py).
+for _name, _description in (
+    ("arm_push_easy", "Panda pushes a cube from the blue pad to a goal on the red pad (paper task); success < 0.1 m"),
+    ("arm_push_hard", "Panda pushes a cube across larger pads, start and goal +-0.25 m (paper task)"),
+    ("arm_binpick_easy", "Panda picks a cube from one bin into the other (0.27 m bins)"),
+    ("arm_binpick_hard", "Panda picks a cube from one bin into the other (0.37 m bins; paper task)"),
+    ("arm_reach", "Panda moves its end effector to a point in a 0.4 m box; 4 actions, no gripper"),
+):
+    register(EnvEntry(_name, "arm", "actors.envs.arm:make_arm", (("task", _name),), _description))
+del _name, _description

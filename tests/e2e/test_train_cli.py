@@ -296,3 +296,6 @@ def test_envs_lists_obs_sizes(run_cli):
     assert table["point_u_maze"][2] == "4"
     assert table["reacher"][2] == "13"
     assert table["point_u_maze"][1] == "point" and table["reacher"][1] == "reacher"
+    # The arm tasks (their models come from the asset cache that set-up fills).
+    assert table["arm_push_easy"][1:3] == ["arm", "20"] and table["arm_push_easy"][6:] == ["5", "mjx"]
+    assert table["arm_reach"][1:3] == ["arm", "16"] and table["arm_reach"][6:] == ["4", "mjx"]
