@@ -117,7 +117,8 @@ BONE_RADIUS_M = 0.04
 
 def arm_spec(task: ArmTask, bones: bool = False) -> mujoco.MjSpec:
     """The task's model as an editable spec, meshes deleted and the paper's values set (module docstring).
-    `bones`: also draw each link as a capsule from its origin to the next link's (visual only: no contacts, and the
+    `bones`: also draw each link as a capsule from its origin to the next link's, or a ball where the two coincide
+    (visual only: no contacts, and the
     links' explicit inertials ignore geoms), so that a render shows the arm the meshes would have drawn."""
     spec = mujoco.MjSpec.from_file(str(asset_path(task.asset)))
     for geom in [g for g in spec.geoms if g.type == mujoco.mjtGeom.mjGEOM_MESH]:
@@ -140,9 +141,11 @@ def arm_spec(task: ArmTask, bones: bool = False) -> mujoco.MjSpec:
     if bones:
         for i in range(1, 8):
             child = spec.body(f"link{i + 1}") if i < 7 else spec.body("hand")
-            child.parent.add_geom(type=mujoco.mjtGeom.mjGEOM_CAPSULE, fromto=[0, 0, 0, *child.pos],
-                                  size=[BONE_RADIUS_M, 0, 0], contype=0, conaffinity=0, mass=0,
-                                  rgba=[0.9, 0.9, 0.92, 1])
+            look = dict(size=[BONE_RADIUS_M, 0, 0], contype=0, conaffinity=0, mass=0, rgba=[0.9, 0.9, 0.92, 1])
+            if sum(x * x for x in child.pos) < 1e-12:  # the next joint sits at this link's origin: a ball there
+                child.parent.add_geom(type=mujoco.mjtGeom.mjGEOM_SPHERE, **look)
+            else:
+                child.parent.add_geom(type=mujoco.mjtGeom.mjGEOM_CAPSULE, fromto=[0, 0, 0, *child.pos], **look)
     return spec
 
 

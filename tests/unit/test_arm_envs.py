@@ -74,6 +74,19 @@ def test_the_bins_have_the_papers_size(task, inside_m):
         assert across_y == pytest.approx(inside_m)
 
 
+def test_the_render_model_adds_only_visual_links():
+    task = arm.ARM_TASKS["arm_push_easy"]
+    plain, drawn = arm.arm_spec(task).compile(), arm.arm_spec(task, bones=True).compile()
+    assert drawn.ngeom == plain.ngeom + 7 and drawn.nq == plain.nq
+    links = {mujoco.mj_name2id(drawn, mujoco.mjtObj.mjOBJ_BODY, f"link{i}") for i in range(1, 8)}
+    bones = [g for g in range(drawn.ngeom) if drawn.geom_bodyid[g] in links]
+    assert len(bones) == 7 and all(drawn.geom_contype[g] == 0 == drawn.geom_conaffinity[g] for g in bones)
+    assert drawn.npair == plain.npair  # the contact pairs stay
+    assert not any(g in bones for g in [*drawn.pair_geom1, *drawn.pair_geom2])
+    np.testing.assert_array_equal(drawn.body_mass, plain.body_mass)
+    np.testing.assert_array_equal(drawn.body_inertia, plain.body_inertia)
+
+
 def test_brax_puts_the_free_bodies_first_and_the_env_finds_them_by_name():
     env = make_env("arm_push_easy")
     model = env.sys.mj_model
