@@ -127,6 +127,7 @@ def profile(compiled, state, actions, label: str, top: int = 12) -> None:
             space.ParseFromString(f.read())
     by_kind: collections.Counter = collections.Counter()
     counts: collections.Counter = collections.Counter()
+    by_op: collections.Counter = collections.Counter()
     for plane in space.planes:
         names = {k: m.name for k, m in plane.event_metadata.items()}
         for line in plane.lines:
@@ -141,10 +142,15 @@ def profile(compiled, state, actions, label: str, top: int = 12) -> None:
                     continue
                 by_kind[kind] += event.duration_ps / 1e12
                 counts[kind] += 1
+                by_op[name] += event.duration_ps / 1e12
     total = sum(by_kind.values())
     print(f"  profile of {label}: {total:.3f} s in {sum(counts.values())} op events over 2 calls")
     for kind, seconds in by_kind.most_common(top):
         print(f"    {kind:<48} {seconds:8.3f} s {100 * seconds / max(total, 1e-12):5.1f}%  {counts[kind]:>8} events")
+    text = compiled.as_text()
+    for name, seconds in by_op.most_common(5):
+        line = re.search(rf"%?{re.escape(name)} = (\S+) ", text)
+        print(f"    op {name:<40} {seconds:8.3f} s  shape {line.group(1)[:80] if line else '?'}")
 
 
 def main(argv: list[str] | None = None) -> None:
