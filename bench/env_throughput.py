@@ -38,7 +38,7 @@ DEFAULT_ENVS = ("point_u_maze", "reacher", "ant", "ant_u_maze", "humanoid", "arm
 """One env per family (point, reacher, ant, humanoid, arm) plus one ant maze: walls multiply the contact work."""
 SLOW_ON_CPU = {"arm": ("1,4,16", 5)}
 """Families whose batched physics is slow on a CPU (MJX, 25 substeps per step): their default batch sizes and steps per
-call there, so that one call takes seconds, not minutes (docs/envs.md, "The arm on a CPU")."""
+call there, so that one call takes seconds, not minutes (docs/benchmarks.md, "The arm on a GPU and on a CPU")."""
 CULLABLE_FAMILIES = ("ant", "humanoid")
 """Families whose maze envs take `max_geom_pairs`."""
 

@@ -42,14 +42,20 @@ def libc() -> ctypes.CDLL | None:
         return None
 
 
+@functools.lru_cache(maxsize=1)
+def _malloc_trim():
+    """glibc's `malloc_trim` function with its signature set, or None (another libc)."""
+    fn = getattr(libc(), "malloc_trim", None)
+    if fn is not None:
+        fn.argtypes, fn.restype = [ctypes.c_size_t], ctypes.c_int
+    return fn
+
+
 def trim_heap() -> bool | None:
     """Return the free pages of every malloc arena to the kernel (glibc's ``malloc_trim(0)``). True when memory was
     released, False when there was none to release, None without glibc."""
-    fn = getattr(libc(), "malloc_trim", None)
-    if fn is None:
-        return None
-    fn.argtypes, fn.restype = [ctypes.c_size_t], ctypes.c_int
-    return bool(fn(0))
+    fn = _malloc_trim()
+    return None if fn is None else bool(fn(0))
 
 
 class HeapTrimmer:

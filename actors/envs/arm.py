@@ -165,13 +165,15 @@ class ArmEnv(GoalEnv, PipelineEnv):
         self.task = ARM_TASKS[task]
         super().__init__(sys=arm_system(task), backend=backend, n_frames=N_FRAMES)
         model = self.sys.mj_model
-        body = lambda name: mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_BODY, name) - 1  # noqa: E731 (x excludes world)
+        body_id = lambda name: mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_BODY, name)  # noqa: E731
+        body = lambda name: body_id(name) - 1  # noqa: E731 (index into brax's x, which excludes the world)
         qpos = lambda name: int(model.jnt_qposadr[mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_JOINT, name)])  # noqa: E731
+        free_qpos = lambda name: int(model.jnt_qposadr[model.body_jntadr[body_id(name)]])  # noqa: E731 (its free joint)
         self._ee_body = body("link7")
         self._arm_q = qpos("joint1")
-        self._marker_q = int(model.jnt_qposadr[model.body_jntadr[body("goal_marker") + 1]])
+        self._marker_q = free_qpos("goal_marker")
         if self.task.has_cube:
-            self._cube_q = int(model.jnt_qposadr[model.body_jntadr[body("cube") + 1]])
+            self._cube_q = free_qpos("cube")
             self._finger_bodies = (body("left_finger"), body("right_finger"))
             self._finger_q = qpos("finger_joint1")
             state_dim, goal_start = 17, 0
