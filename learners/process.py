@@ -50,6 +50,12 @@ at the very end, and says so."""
 SAMPLE_POLL_SECONDS = 5.0
 """Sampling waits in slices of at most this long, so that a learner notices between them that no data can come."""
 
+STATUS_EVERY_SECONDS = 1.0
+"""A running learner replaces its status file at most this often (it updates several times a second). Each write
+builds paths and a JSON string that are garbage at once (pathlib interns each new file name): a 36-minute trace of a
+learner's native allocations found the interpreter's interned-string table reallocated (7.3 MiB) from inside such a
+write. Final states are always written."""
+
 
 @dataclasses.dataclass(frozen=True)
 class LearnerJob:
@@ -231,7 +237,7 @@ def run_learners(
     prefetcher = Prefetcher(job, sampler, stop, no_more_data, int(counters["updates"]))
     publisher = Publisher(job, store)
     server: dict[str, float] = {}
-    last_stats = 0.0
+    last_stats = last_status = 0.0
 
     def env_steps_now() -> int:
         if "inserted_windows" in server:
@@ -290,7 +296,9 @@ def run_learners(
                 loggers[name].log(row, env_steps=env_steps, grad_steps=g, param_version=g)
                 if publisher.due(agent, states[name]):
                     publisher.publish(agent, states[name], env_steps)
-            status.set(label, "running", env_steps=env_steps, grad_steps=grad_steps(names[0]))
+            if time.time() - last_status >= STATUS_EVERY_SECONDS:
+                status.set(label, "running", env_steps=env_steps, grad_steps=grad_steps(names[0]))
+                last_status = time.time()
             rate_start, rate_grad, wait_seconds = time.time(), grad_steps(names[0]), 0.0
             if time.time() - last_checkpoint > job.checkpoint_every_seconds:
                 save()

@@ -17,9 +17,22 @@ from replay.memory import InProcessReplay
 from replay.status import RunStatus
 
 
+class _RecordingStatus(RunStatus):
+    """A real RunStatus that also records when each role wrote which state."""
+
+    def __init__(self, run_dir) -> None:
+        super().__init__(run_dir)
+        self.writes: list[tuple[str, str, float]] = []
+
+    def set(self, role, state, **kwargs):
+        written = super().set(role, state, **kwargs)
+        self.writes.append((role, state, written.wall_time))
+        return written
+
+
 def test_actor_and_learners_run_on_the_in_process_backend(tmp_path):
     from actors.process import run_actor
-    from learners.process import run_learners
+    from learners.process import STATUS_EVERY_SECONDS, run_learners
 
     config = DecoupledConfig(
         env=EnvConfig(env="point_u_maze"),
@@ -37,7 +50,7 @@ def test_actor_and_learners_run_on_the_in_process_backend(tmp_path):
     names = tuple(spec.name for spec in config.learners)
     replay = InProcessReplay(parts.window_spec, (COLLECTOR,), max_size_windows=10_000,
                              min_size_to_sample_windows=plan.prefill_windows, seed=0)
-    status, stop = RunStatus(tmp_path), threading.Event()
+    status, stop = _RecordingStatus(tmp_path), threading.Event()
     actor = actor_job(parts, config, tmp_path, 0)
     collected: list[int] = []
     thread = threading.Thread(target=lambda: collected.append(run_actor(
@@ -65,6 +78,10 @@ def test_actor_and_learners_run_on_the_in_process_backend(tmp_path):
     for name in names:
         learner_rows, _ = read_jsonl(tmp_path / "metrics" / f"{name}.jsonl")
         assert all(f"{name}/policy_lag" in r and f"{name}/update_to_data" in r for r in learner_rows)
+    # A row per update, but the running learner's status file is replaced at most once per STATUS_EVERY_SECONDS.
+    running = [t for role, state, t in status.writes if role == "+".join(names) and state == "running"]
+    assert running and len(running) < len(learner_rows)
+    assert all(b - a >= STATUS_EVERY_SECONDS for a, b in zip(running, running[1:]))
     # The final publish is marked final, at the target version, for evaluators.
     final = replay.params.latest_version("learner_d8", timeout_s=1.0)
     assert final.version == plan.target_grad_steps and final.meta["final"] is True
