@@ -8,6 +8,9 @@ is sampled every 30 s; after the warm-up (the replay tables are full long before
 (default 0.05, i.e. 3 MiB an hour, 216 MiB in 3 days), and SIGTERM must still end the run cleanly with no process left
 behind.
 
+The slope's standard error goes to ``slopes.json`` next to it: over 2 hours a learner's is ~0.03 MiB/min (its block
+means wander by a few MiB), so a learner within ~0.03 of the goal may land on either side of it from run to run.
+
 With ``DEPTHRL_SOAK_OUT=DIR`` the samples (``samples.json``), the slopes (``slopes.json``) and every process's
 `experiments.memdiag` rows (``diagnostics/``: RSS split into anonymous and file pages, glibc heap in use and free,
 Python objects, JAX live arrays) are kept in DIR.
@@ -71,16 +74,23 @@ def rss_slope_mib_per_min(t_seconds: list[float], rss_bytes: list[float]) -> flo
     return float(np.polyfit(t, np.asarray(rss_bytes, float) / 2**20, 1)[0])
 
 
-def block_mean_slope_mib_per_min(t_seconds: list[float], rss_bytes: list[float], block_seconds: float = 600) -> float:
-    """Least-squares slope of RSS averaged over consecutive `block_seconds` blocks, in MiB per minute. Every role trims
-    its heap once a minute (`experiments.allocator`), so RSS is a sawtooth of ~10 MiB whose phase drifts against the
-    30-s sampling; block means remove it, where a slope through the raw samples can alias it into a trend."""
+def block_mean_slope_mib_per_min(t_seconds: list[float], rss_bytes: list[float],
+                                 block_seconds: float = 600) -> tuple[float, float]:
+    """Least-squares slope of RSS averaged over consecutive `block_seconds` blocks, and its standard error, in MiB per
+    minute. Every role trims its heap once a minute (`experiments.allocator`), so RSS is a sawtooth of ~10 MiB whose
+    phase drifts against the 30-s sampling; block means remove it, where a slope through the raw samples can alias it
+    into a trend. The error says what the window can resolve: over 2 hours a learner's is ~0.03 MiB/min, because its
+    block means wander by a few MiB with the arrays alive at the time."""
     t, rss = np.asarray(t_seconds, float), np.asarray(rss_bytes, float)
     block = ((t - t[0]) // block_seconds).astype(int)
     full = [b for b in np.unique(block) if (block == b).sum() >= 0.8 * block_seconds / SAMPLE_EVERY_SECONDS]
-    means_t = [t[block == b].mean() for b in full]
-    means_rss = [rss[block == b].mean() for b in full]
-    return rss_slope_mib_per_min(means_t, means_rss)
+    minutes = np.array([t[block == b].mean() for b in full]) / 60
+    mib = np.array([rss[block == b].mean() for b in full]) / 2**20
+    if len(full) < 4:  # a short soak (e.g. a trial of a few minutes): too few blocks for an error, or for blocks
+        return (rss_slope_mib_per_min(t_seconds, rss_bytes) if len(full) < 2 else float(np.polyfit(minutes, mib, 1)[0]),
+                float("nan"))
+    (slope, _), cov = np.polyfit(minutes, mib, 1, cov=True)
+    return float(slope), float(np.sqrt(cov[0, 0]))
 
 
 @pytest.mark.timeout(SOAK_SECONDS + 600)  # the suite-wide 900 s limit would end the soak
@@ -134,7 +144,8 @@ def test_memory_stays_flat_over_a_long_decoupled_run(tmp_path, compilation_cache
         rss = [s[name] for s in after if name in s]
         anon = [s[name] - s[name + ":file"] for s in after if name in s]
         half = len(t) // 2
-        slopes[name] = {"rss_mib_per_min": round(block_mean_slope_mib_per_min(t, rss), 4),
+        slope, error = block_mean_slope_mib_per_min(t, rss)
+        slopes[name] = {"rss_mib_per_min": round(slope, 4), "rss_mib_per_min_stderr": round(error, 4),
                         "raw_rss_mib_per_min": round(rss_slope_mib_per_min(t, rss), 4),
                         "anon_mib_per_min": round(rss_slope_mib_per_min(t, anon), 4),
                         # Each half of the window on its own: a warm-up that ends shows in the first half only.
