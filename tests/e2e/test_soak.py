@@ -86,9 +86,11 @@ def block_mean_slope_mib_per_min(t_seconds: list[float], rss_bytes: list[float],
     full = [b for b in np.unique(block) if (block == b).sum() >= 0.8 * block_seconds / SAMPLE_EVERY_SECONDS]
     minutes = np.array([t[block == b].mean() for b in full]) / 60
     mib = np.array([rss[block == b].mean() for b in full]) / 2**20
-    if len(full) < 4:  # a short soak (e.g. a trial of a few minutes): too few blocks for an error, or for blocks
-        return (rss_slope_mib_per_min(t_seconds, rss_bytes) if len(full) < 2 else float(np.polyfit(minutes, mib, 1)[0]),
-                float("nan"))
+    # A short trial soak: with under 2 blocks the raw samples give the slope; with under 4 there is no error.
+    if len(full) < 2:
+        return rss_slope_mib_per_min(t_seconds, rss_bytes), float("nan")
+    if len(full) < 4:
+        return float(np.polyfit(minutes, mib, 1)[0]), float("nan")
     (slope, _), cov = np.polyfit(minutes, mib, 1, cov=True)
     return float(slope), float(np.sqrt(cov[0, 0]))
 
