@@ -85,10 +85,10 @@ def cmd_train(argv: list[str]) -> int:
     except (ConfigError, RunDirError) as e:
         return _fail(str(e))
 
-    from experiments.allocator import start_trimming_from_env
+    from experiments.allocator import start_housekeeping_from_env
     from experiments.inline import run_training
 
-    start_trimming_from_env()
+    start_housekeeping_from_env()
     print(f"depthrl train: run dir {run_dir}", file=sys.stderr)
     try:
         final = run_training(config, Path(run_dir))
@@ -270,15 +270,15 @@ def _run_role(role: str, run: Callable[[], int], run_dir: Path, name: str) -> in
     and its traceback in the log; a failed write to the run directory (disk full, not writable) with a plain message
     and `EXIT_RUN_DIR_UNWRITABLE`, which the launcher names even if this message cannot be written either. `name`
     names this process's memory diagnostics file when they are on (`experiments.memdiag`). The heap trimmer
-    (`experiments.allocator`) runs for the role's whole life."""
+    (`experiments.allocator`) runs for the role's whole life; the interned-string table is settled after a minute."""
     import traceback
 
-    from experiments.allocator import start_trimming_from_env
+    from experiments.allocator import start_housekeeping_from_env
     from experiments.memdiag import start_from_env
     from experiments.runs import EXIT_RUN_DIR_UNWRITABLE, is_disk_error
 
     try:
-        start_trimming_from_env()
+        start_housekeeping_from_env()
         start_from_env(run_dir, name)
         code = run()
     except Exception as e:  # noqa: BLE001 (the role ends here either way; say why)

@@ -1,8 +1,13 @@
-"""experiments.allocator: trimming glibc's heap gives freed pages back; the trimmer's interval comes from the env."""
+"""experiments.allocator: trimming glibc's heap gives freed pages back; the trimmer's interval comes from the env;
+settling the interned-string table moves its rebuild to the start."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -48,3 +53,50 @@ def test_the_interval_comes_from_the_environment(monkeypatch, value, seconds):
 def test_a_bad_interval_is_named(monkeypatch, value):
     monkeypatch.setenv(allocator.TRIM_ENV, value)
     assert f"DEPTHRL_MALLOC_TRIM_SECONDS={value!r} must be a number of seconds" in allocator.env_error()
+
+
+# Run in a fresh interpreter with a role's imports: churns 90K interned strings (each dropped at once, as file names
+# are) under tracemalloc and prints the bytes still traced afterwards, i.e. a rebuilt interned-string table if the
+# churn rebuilt it. 90K is more than the free slots a role's table has after its imports (under 60K) and fewer than
+# it has after settling (~160K).
+_CHURN = """
+import sys, tracemalloc
+import flax, jax, optax, reverb
+from experiments import allocator
+if sys.argv[1] == "settle":
+    allocator.settle_interned_strings()
+tracemalloc.start()
+for i in range(90_000):
+    sys.intern(f"churned-file-name-{i}")
+print(tracemalloc.get_traced_memory()[0])
+"""
+
+
+def _bytes_left_by_churn(mode: str) -> int:
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run([sys.executable, "-c", _CHURN, mode], cwd=root, capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "PYTHONPATH": str(root), "JAX_PLATFORMS": "cpu"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    return int(done.stdout.split()[-1])
+
+
+def test_settling_moves_the_interned_table_rebuild_to_the_start():
+    # Without settling, the churn rebuilds the table from 2^18 to 2^19 slots: a new 7.3 MiB block stays behind.
+    assert _bytes_left_by_churn("plain") > 6 * 2**20
+    # Settled, the table already has room for the churn: nothing of that size is allocated.
+    assert _bytes_left_by_churn("settle") < 2**20
+
+
+def test_housekeeping_settles_the_table_once_after_its_delay(monkeypatch):
+    calls = []
+    monkeypatch.setattr(allocator, "_settler", None)
+    monkeypatch.setattr(allocator, "_trimmer", None)
+    monkeypatch.setattr(allocator, "SETTLE_AFTER_SECONDS", 0.05)
+    monkeypatch.setattr(allocator, "settle_interned_strings", lambda: calls.append(time.time()))
+    monkeypatch.setenv(allocator.TRIM_ENV, "0")  # no trimmer: this checks the settling alone
+    started = time.time()
+    assert allocator.start_housekeeping_from_env() is None
+    allocator.start_housekeeping_from_env()
+    allocator._settler.join(timeout=30)
+    time.sleep(0.2)
+    assert len(calls) == 1 and calls[0] - started >= 0.05
