@@ -3,6 +3,12 @@
 A checkpoint step holds two items: the state pytree (under `item`) and a small JSON `meta` dict (counters, wall time,
 fingerprints). `read_meta` reads the newest finished step's meta without JAX or a template, for checks made before any
 process starts.
+
+Orbax (0.12.8) asks TensorStore for its kvstore byte counters before and after writing the arrays of every save, to log a
+"raw throughput" line. TensorStore's `experimental_collect_matching_metrics` (0.1.86, the newest) never frees what it
+returns: 8 objects, 4.4 KiB of Python heap and ~12 KiB of RSS per call with the file kvstore (measured 2026-11-30), ~26
+objects per save, for the life of the process. `Checkpointer` turns that count off (`_stop_raw_bytes_leak`); orbax then
+skips that log line and the JAX monitoring events of it, and nothing else changes.
 """
 
 from __future__ import annotations
@@ -14,6 +20,23 @@ from typing import Any
 import jax
 
 
+def _no_raw_bytes(direction: Any = None) -> int:
+    """Stands in for orbax's TensorStore byte count: 0 bytes, so orbax records no raw-throughput metrics."""
+    return 0
+
+
+def _stop_raw_bytes_leak() -> None:
+    """Replace orbax's `get_tensorstore_raw_bytes` (see the module docstring) with `_no_raw_bytes`. Orbax's array
+    handlers look it up on its module at every call. A later orbax without that function is left alone
+    (tests/integration/test_checkpoint_memory.py tells whether its saves still leak)."""
+    try:
+        from orbax.checkpoint._src.serialization import tensorstore_utils
+    except ImportError:
+        return
+    if hasattr(tensorstore_utils, "get_tensorstore_raw_bytes"):
+        tensorstore_utils.get_tensorstore_raw_bytes = _no_raw_bytes
+
+
 class Checkpointer:
     """Keeps the newest two checkpoints of one state pytree in `directory`."""
 
@@ -22,6 +45,7 @@ class Checkpointer:
         names are part of the on-disk format)."""
         import orbax.checkpoint as ocp
 
+        _stop_raw_bytes_leak()
         self._ocp = ocp
         self._item = item
         self._manager = ocp.CheckpointManager(Path(directory).resolve(),
