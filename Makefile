@@ -24,7 +24,8 @@ test-all: $(STAMP)
 	$(VENV)/bin/python -m experiments.assets
 	$(VENV)/bin/python -m pytest -q -m "not soak"
 
-# The memory soak (2 hours after a 30-minute warm-up by default; tests/e2e/test_soak.py says how to change it). Run it on an idle machine.
+# The memory soak (2 hours after a 30-minute warm-up by default; tests/e2e/test_soak.py says how to change it).
+# Run it on an idle machine.
 soak: $(STAMP)
 	DEPTHRL_SOAK_OUT=$${DEPTHRL_SOAK_OUT:-soak-out} $(VENV)/bin/python -m pytest -q -m soak -s tests/e2e/test_soak.py
 

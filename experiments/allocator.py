@@ -10,16 +10,17 @@ docs/replay.md, "Memory over hours"). Two things bound that:
 - `HeapTrimmer`, a daemon thread in every role process that calls glibc's ``malloc_trim(0)`` every
   ``DEPTHRL_MALLOC_TRIM_SECONDS`` (default 60; 0 turns it off). ``malloc_trim`` hands the whole free pages inside
   every arena back to the kernel, so resident memory follows the memory in use. `trim_stats` counts the calls and the
-  time they took (the memory diagnostics rows carry them, `experiments.memdiag`);
-- `settle_interned_strings`, run once a minute after a role starts (`start_housekeeping_from_env`).
+  time they took (the memory diagnostics rows carry them, `experiments.memdiag`).
 
-CPython 3.11 keeps the strings it interns (identifiers, and every file-name part pathlib touches) in one dict. When that
-dict runs out of free slots it is rebuilt at 3x its live strings, rounded up to a power of two. After its imports a
-role holds 116-138K live interned strings in a 2^18-slot table, so its next rebuild doubles it to 2^19 slots: a
-one-time step of 3.6 MiB. Strings interned and dropped again (status and parameter file names, orbax's parameter
-names: 0-40 a second) use up the last 30-56K free slots, so the step comes wherever that churn takes it: about
-minute 50 in a learner, after two hours in an actor, never in the replay server. `settle_interned_strings` makes that
-rebuild happen now, so that a role's memory is flat after its first minutes (docs/replay.md, "Memory over hours").
+A third step is not about glibc: `settle_interned_strings`, run once, a minute after a role starts
+(`start_housekeeping_from_env` starts it and the trimmer). CPython 3.11 keeps the strings it interns (identifiers, and
+every file-name part pathlib touches) in one dict. When that dict runs out of free slots it is rebuilt at 3x its live
+strings, rounded up to a power of two. After its imports a role holds 116-138K live interned strings in a 2^18-slot
+table, so its next rebuild doubles it to 2^19 slots: a one-time step of 3.6 MiB. Strings interned and dropped again
+(status and parameter file names, orbax's parameter names: 0-40 a second) use up the last 30-56K free slots, so the step
+comes wherever that churn takes it: about minute 50 in a learner, after two hours in an actor, never in the replay
+server. `settle_interned_strings` makes that rebuild happen now, so that a role's memory is flat after its first minutes
+(docs/replay.md, "Memory over hours").
 
 Pure standard library; without glibc (another libc) trimming is a no-op.
 """

@@ -4,8 +4,8 @@ A checkpoint step holds two items: the state pytree (under `item`) and a small J
 fingerprints). `read_meta` reads the newest finished step's meta without JAX or a template, for checks made before any
 process starts.
 
-Orbax (0.12.8) asks TensorStore for its kvstore byte counters before and after writing the arrays of every save, to log a
-"raw throughput" line. TensorStore's `experimental_collect_matching_metrics` (0.1.86, the newest) never frees what it
+Orbax (0.12.8) asks TensorStore for its kvstore byte counters before and after writing the arrays of every save, to log
+a "raw throughput" line. TensorStore's `experimental_collect_matching_metrics` (0.1.86, the newest) never frees what it
 returns: 8 objects, 4.4 KiB of Python heap and ~12 KiB of RSS per call with the file kvstore (measured 2026-11-30), ~26
 objects per save, for the life of the process. `Checkpointer` turns that count off (`_stop_raw_bytes_leak`); orbax then
 skips that log line and the JAX monitoring events of it, and nothing else changes.

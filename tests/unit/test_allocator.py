@@ -14,6 +14,8 @@ import pytest
 from experiments import allocator
 from experiments.memdiag import rss_parts
 
+REPO = Path(__file__).resolve().parents[2]
+
 
 def test_trimming_returns_the_free_pages_inside_the_heap():
     # 96 MiB in 2 KiB strings (malloc'd, under the mmap threshold: inside an arena). Keep every 64th, so that the
@@ -73,9 +75,8 @@ print(tracemalloc.get_traced_memory()[0])
 
 
 def _bytes_left_by_churn(mode: str) -> int:
-    root = Path(__file__).resolve().parents[2]
-    done = subprocess.run([sys.executable, "-c", _CHURN, mode], cwd=root, capture_output=True, text=True,
-                          timeout=300, env={**os.environ, "PYTHONPATH": str(root), "JAX_PLATFORMS": "cpu"})
+    done = subprocess.run([sys.executable, "-c", _CHURN, mode], cwd=REPO, capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "PYTHONPATH": str(REPO), "JAX_PLATFORMS": "cpu"})
     assert done.returncode == 0, done.stderr[-2000:]
     return int(done.stdout.split()[-1])
 
